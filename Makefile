@@ -1,0 +1,33 @@
+# Two commands set everything up on a fresh machine:
+#   make run    build .venv, then sweep the four models over both synthetic variants
+#   make test   build .venv, then run the whole test suite (slow tests included, as CI does)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SWEEP  ?= outputs/multirun/demo_$(shell date +%Y-%m-%d_%H-%M-%S)
+
+.PHONY: venv run test test-fast clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/rnnsweep -m model=bow,rnn,lstm,gru data.variant=order,long_range hydra.sweep.dir=$(SWEEP) $(ARGS)
+	@echo
+	@echo "Result records:"
+	@ls -1 $(SWEEP)/*/metrics.json
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) dist build *.egg-info .pytest_cache

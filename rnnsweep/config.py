@@ -1,0 +1,303 @@
+"""The experiment space as typed schemas, and the checks a composed config must pass.
+
+Values live in `conf/` (YAML); types and ranges live here. Hydra checks types while it composes
+(the root schema is registered in its ConfigStore); `validate` adds what composing cannot see —
+keys added with `+`, the options of groups whose keys differ per option (optimizer, data), value
+ranges and combinations that would silently do nothing — and returns plain dataclasses, so
+nothing downstream of the entrypoint needs OmegaConf.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A composed config that cannot be run; the message names the key and what is expected."""
+
+
+class Arch(Enum):
+    bow = "bow"
+    rnn = "rnn"
+    lstm = "lstm"
+    gru = "gru"
+
+
+class Pooling(Enum):
+    last = "last"  # state after the last real token (forward) / first token (backward)
+    mean = "mean"  # masked mean over real positions
+    max = "max"  # masked max over real positions
+    seed_mean = "seed_mean"  # the lesson's RNN: mean over all positions, padding included
+    seed_hlast = "seed_hlast"  # the lesson's LSTM: h_n[-1], whatever it read last
+
+
+class EmbedInit(Enum):
+    default = "default"  # torch's N(0, 1)
+    shifted_normal = "shifted_normal"  # the lesson's LSTM: N(0, 1) - 0.5
+
+
+class BatchMode(Enum):
+    padded = "padded"
+    packed = "packed"
+
+
+class OptimizerName(Enum):
+    adam = "adam"
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class SyntheticVariant(Enum):
+    order = "order"
+    long_range = "long_range"
+
+
+class Device(Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Progress(Enum):
+    auto = "auto"  # a bar only when stderr is a terminal
+    on = "on"
+    off = "off"
+
+
+class LoggerBackend(Enum):
+    wandb = "wandb"
+    none = "none"
+
+
+class WandbMode(Enum):
+    auto = "auto"  # WANDB_MODE if set, else online with an API key, else offline
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+SEED_POOLINGS = (Pooling.seed_mean, Pooling.seed_hlast)
+
+
+@dataclass
+class ModelConfig:
+    arch: Arch = MISSING
+    embed_dim: int = 64
+    hidden_dim: int = 64
+    pooling: Pooling = Pooling.last
+    embed_init: EmbedInit = EmbedInit.default
+
+
+@dataclass
+class BatchingConfig:
+    mode: BatchMode = BatchMode.padded
+
+
+@dataclass
+class TopologyConfig:
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+
+
+@dataclass
+class AdamConfig:
+    name: OptimizerName = OptimizerName.adam
+    lr: float = 1e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    name: OptimizerName = OptimizerName.adamw
+    weight_decay: float = 0.01
+
+
+@dataclass
+class SGDConfig:
+    name: OptimizerName = OptimizerName.sgd
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SyntheticDataConfig:
+    name: str = "synthetic"
+    variant: SyntheticVariant = SyntheticVariant.order
+    train_size: int = 6000
+    test_size: int = 1000
+    val_fraction: float = 0.1
+    # The data seed is separate from the run seed: seed repeats vary initialisation and batch
+    # order over the same data, which is what "mean over seeds" should measure.
+    seed: int = 1234
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 32
+    eval_batch_size: int = 512
+    grad_clip: Optional[float] = 1.0
+
+
+@dataclass
+class RuntimeConfig:
+    device: Device = Device.auto
+    threads: int = 0  # 0: leave torch's default (all cores)
+    progress: Progress = Progress.auto
+
+
+@dataclass
+class LoggerConfig:
+    backend: LoggerBackend = LoggerBackend.none
+    project: str = "rnnsweep"
+    entity: Optional[str] = None
+    mode: WandbMode = WandbMode.auto
+    log_every: int = 50  # optimizer steps between step-level metric logs
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class RootConfig:
+    seed: int = 0
+    model: ModelConfig = MISSING
+    batching: BatchingConfig = MISSING
+    topology: TopologyConfig = MISSING
+    # Options of these groups differ in their keys: each is checked against the schema its
+    # `name` selects (OPTIMIZERS, DATA_SOURCES) by `validate`.
+    optimizer: Any = MISSING
+    data: Any = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    logger: LoggerConfig = MISSING
+
+
+OPTIMIZERS = {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig}
+DATA_SOURCES = {"synthetic": SyntheticDataConfig}
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses and enums -> JSON-ready dicts, lists and strings (for records and W&B)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    return value
+
+
+def register_schemas() -> None:
+    """Make the root schema visible to Hydra; conf/config.yaml names it in its defaults list."""
+    ConfigStore.instance().store(name="rnnsweep_schema", node=RootConfig)
+
+
+def _typed_option(node: Any, group: str, schemas: dict[str, type]) -> Any:
+    """The group's options as the dataclass its `name` selects; type and key errors name the key."""
+    name = node.get("name") if isinstance(node, DictConfig) else None
+    if name not in schemas:
+        raise ConfigError(f"{group}.name={name}: expected one of {', '.join(schemas)}")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schemas[name]), node))
+    except OmegaConfBaseException as ex:
+        key = f"{group}.{ex.full_key}" if getattr(ex, "full_key", None) else group
+        raise ConfigError(f"{key}: {str(ex).splitlines()[0]}") from ex
+
+
+def _reject_unknown_keys(node: DictConfig, schema: type, prefix: str) -> None:
+    """Hydra lets `+key=value` add keys the schema does not have; refuse them by name."""
+    fields = typing.get_type_hints(schema)
+    for key in node.keys():
+        if key not in fields:
+            where = prefix.rstrip(".") or "the config"
+            raise ConfigError(f"{prefix}{key}: not a key of {where} (expected one of: {', '.join(fields)})")
+        sub = fields[key]
+        if dataclasses.is_dataclass(sub) and not OmegaConf.is_missing(node, key):
+            _reject_unknown_keys(node[key], sub, f"{prefix}{key}.")
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        shown = value.name if isinstance(value, Enum) else value
+        raise ConfigError(f"{key}={shown}: {expected}")
+
+
+def validate(cfg: DictConfig) -> RootConfig:
+    """Range and cross-field checks; returns the config as plain dataclasses."""
+    _reject_unknown_keys(cfg, RootConfig, "")
+    try:
+        root: RootConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as ex:  # unknown key, MISSING value, unresolvable interpolation
+        key = getattr(ex, "full_key", None)
+        raise ConfigError(f"{key}: {str(ex).splitlines()[0]}" if key else str(ex).splitlines()[0]) from ex
+    root.optimizer = _typed_option(cfg.optimizer, "optimizer", OPTIMIZERS)
+    root.data = _typed_option(cfg.data, "data", DATA_SOURCES)
+    m, t, tr, d, o = root.model, root.topology, root.train, root.data, root.optimizer
+
+    _require(m.embed_dim >= 1, "model.embed_dim", m.embed_dim, "must be at least 1")
+    _require(m.hidden_dim >= 1, "model.hidden_dim", m.hidden_dim, "must be at least 1")
+    _require(t.num_layers >= 1, "topology.num_layers", t.num_layers, "must be at least 1")
+    _require(0.0 <= t.dropout < 1.0, "topology.dropout", t.dropout, "must be in [0, 1)")
+    _require(
+        t.dropout == 0.0 or t.num_layers > 1,
+        "topology.dropout",
+        t.dropout,
+        "acts between recurrent layers; it needs topology.num_layers >= 2 (or set it to 0)",
+    )
+    _require(tr.epochs >= 1, "train.epochs", tr.epochs, "must be at least 1")
+    _require(tr.batch_size >= 1, "train.batch_size", tr.batch_size, "must be at least 1")
+    _require(
+        tr.eval_batch_size >= 1, "train.eval_batch_size", tr.eval_batch_size, "must be at least 1"
+    )
+    _require(
+        tr.grad_clip is None or tr.grad_clip > 0,
+        "train.grad_clip",
+        tr.grad_clip,
+        "must be positive, or null to disable clipping",
+    )
+    _require(root.runtime.threads >= 0, "runtime.threads", root.runtime.threads, "must be >= 0")
+    _require(root.logger.log_every >= 1, "logger.log_every", root.logger.log_every, "must be >= 1")
+    _require(o.lr > 0, "optimizer.lr", o.lr, "must be positive")
+    _require(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "must be >= 0")
+    if isinstance(o, AdamConfig):
+        ok = len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas)
+        _require(ok, "optimizer.betas", list(o.betas), "must be two numbers in [0, 1)")
+    if isinstance(o, SGDConfig):
+        _require(0.0 <= o.momentum < 1.0, "optimizer.momentum", o.momentum, "must be in [0, 1)")
+    if isinstance(d, SyntheticDataConfig):
+        _require(d.train_size >= 10, "data.train_size", d.train_size, "must be at least 10")
+        _require(d.test_size >= 1, "data.test_size", d.test_size, "must be at least 1")
+        _require(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
+
+    if m.arch is Arch.bow:
+        # No recurrence: the recurrent knobs would be silently ignored, so refuse them.
+        _require(
+            m.pooling in (Pooling.mean, Pooling.max),
+            "model.pooling",
+            m.pooling,
+            "model=bow pools embeddings: use mean or max",
+        )
+        if t.num_layers != 1 or t.bidirectional:
+            raise ConfigError(
+                f"topology.num_layers={t.num_layers}, topology.bidirectional={str(t.bidirectional).lower()}: "
+                "model=bow has no recurrent stack: use topology=uni"
+            )
+        _require(
+            root.batching.mode is BatchMode.padded,
+            "batching.mode",
+            root.batching.mode,
+            "model=bow reads no sequence order, packing changes nothing: use batching=padded",
+        )
+    return root

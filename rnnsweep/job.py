@@ -1,0 +1,230 @@
+"""One training run, start to finish: data -> model -> fit -> test -> result record.
+
+Takes the validated config as plain dataclasses plus what the launcher knows about the run
+(its directory, name, group); knows nothing of Hydra. Whatever happens, the run ends with a
+result record whose `status` says how it ended, and its W&B run closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import data as data_sources
+from . import tracking
+from .config import LoggerBackend, Progress, RootConfig, SyntheticDataConfig, to_plain
+from .data import batches
+from .model import TextClassifier, count_parameters
+from .train import Diverged, evaluate, fit, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+class RunFailed(RuntimeError):
+    """Training raised; the record with the traceback is at `record_path`."""
+
+    def __init__(self, message: str, record_path: Path):
+        super().__init__(f"{message} (traceback in {record_path})")
+        self.record_path = record_path
+
+
+@dataclass
+class RunContext:
+    out_dir: Path
+    name: str = "run"
+    group: str | None = None
+    job_type: str = "train"
+    choices: dict[str, str] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("runtime.device=cuda but no CUDA device is visible; use runtime.device=auto or cpu")
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def load_data(cfg: RootConfig) -> data_sources.Splits:
+    d = cfg.data
+    if isinstance(d, SyntheticDataConfig):
+        return data_sources.load_synthetic(d.variant.value, d.train_size, d.test_size, d.val_fraction, d.seed)
+    raise ValueError(f"no loader for data={d.name}")
+
+
+def build_model(cfg: RootConfig, splits: data_sources.Splits) -> TextClassifier:
+    m, t = cfg.model, cfg.topology
+    return TextClassifier(
+        len(splits.vocab),
+        splits.num_classes,
+        arch=m.arch.value,
+        embed_dim=m.embed_dim,
+        hidden_dim=m.hidden_dim,
+        num_layers=t.num_layers,
+        bidirectional=t.bidirectional,
+        dropout=t.dropout,
+        pooling=m.pooling.value,
+        packed=cfg.batching.mode.value == "packed",
+        embed_init=m.embed_init.value,
+    )
+
+
+def build_optimizer(cfg: RootConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    options = {k: v for k, v in vars(o).items() if k not in ("name", "lr", "weight_decay")}
+    return make_optimizer(o.name.value, model.parameters(), lr=o.lr, weight_decay=o.weight_decay, **options)
+
+
+def open_tracker(cfg: RootConfig, ctx: RunContext):
+    lg = cfg.logger
+    if lg.backend is LoggerBackend.none or lg.mode.value == "disabled":
+        return tracking.NoTracker()
+    tags = [f"{k}:{v}" for k, v in sorted(ctx.choices.items()) if v is not None] + list(lg.tags)
+    return tracking.WandbTracker(
+        project=lg.project,
+        entity=lg.entity,
+        mode=lg.mode.value,
+        name=ctx.name,
+        group=ctx.group,
+        job_type=ctx.job_type,
+        tags=tags,
+        config=to_plain(cfg),
+        directory=ctx.out_dir,
+    )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
+    """Train and test one configuration; returns the result record it wrote."""
+    started, t0 = _now(), time.perf_counter()
+    seed_everything(cfg.seed)
+    if cfg.runtime.threads > 0:
+        torch.set_num_threads(cfg.runtime.threads)
+    progress = cfg.runtime.progress is Progress.on or (
+        cfg.runtime.progress is Progress.auto and sys.stderr.isatty()
+    )
+
+    record: dict[str, Any] = {
+        # Stays "interrupted" only if something outside Exception (Ctrl-C, SIGTERM) ends the run.
+        "status": "interrupted",
+        "name": ctx.name,
+        "group": ctx.group,
+        "choices": ctx.choices,
+        "overrides": ctx.overrides,
+        "config": to_plain(cfg),
+        "metrics": {},
+        "history": [],
+        "data": {},
+        "env": {},
+        "wandb": None,
+        "error": None,
+        "started_at": started,
+        "finished_at": None,
+    }
+    tracker = tracking.NoTracker()
+    failure: BaseException | None = None
+    try:
+        device = pick_device(cfg.runtime.device.value)
+        record["env"] = tracking.environment(device, torch.get_num_threads())
+        splits = load_data(cfg)
+        record["data"] = {
+            "name": cfg.data.name,
+            "classes": list(splits.class_names),
+            "train": len(splits.train),
+            "val": len(splits.val),
+            "test": len(splits.test),
+            "vocab_size": len(splits.vocab),
+        }
+        model = build_model(cfg, splits).to(device)
+        optimizer = build_optimizer(cfg, model)
+        record["metrics"]["params"] = count_parameters(model)
+        tracker = open_tracker(cfg, ctx)
+        if tracker.run_id is not None:
+            record["wandb"] = {"id": tracker.run_id, "mode": tracker.mode, "dir": str(ctx.out_dir / "wandb")}
+
+        tr = cfg.train
+        shuffle = torch.Generator()
+
+        def train_batches(epoch: int):
+            # Seeded per epoch, so epoch k's batch order does not depend on how we got there.
+            shuffle.manual_seed(cfg.seed * 1_000_003 + epoch)
+            return batches.iterate(splits.train, tr.batch_size, shuffle=True, generator=shuffle)
+
+        def eval_batches(split):
+            return lambda: batches.iterate(split, tr.eval_batch_size, shuffle=False)
+
+        try:
+            result = fit(
+                model,
+                optimizer,
+                train_batches,
+                eval_batches(splits.val),
+                epochs=tr.epochs,
+                steps_per_epoch=batches.num_batches(splits.train, tr.batch_size),
+                num_classes=splits.num_classes,
+                device=device,
+                grad_clip=tr.grad_clip,
+                log_every=cfg.logger.log_every,
+                callbacks=[tracker],
+                progress=progress,
+            )
+        except Diverged as ex:
+            record["status"] = "diverged"
+            record["error"] = {"type": "Diverged", "message": str(ex)}
+            record["history"] = ex.history
+            log.warning("run diverged: %s", ex)
+        else:
+            test = evaluate(model, eval_batches(splits.test)(), splits.num_classes, device)
+            last = result.history[-1]
+            record["history"] = result.history
+            record["metrics"].update(
+                {
+                    "test/acc": test["acc"],
+                    "test/macro_f1": test["macro_f1"],
+                    "test/loss": test["loss"],
+                    "val/acc": last["val/acc"],
+                    "val/macro_f1": last["val/macro_f1"],
+                    "val/loss": last["val/loss"],
+                    "train/loss": last["train/loss"],
+                    "train/acc": last["train/acc"],
+                    "train/examples_per_s": result.examples_per_s,
+                    "train/seconds": result.train_seconds,
+                    "steps": result.steps,
+                }
+            )
+            record["status"] = "completed"
+    except Exception as ex:
+        failure = ex
+        record["status"] = "failed"
+        record["error"] = {"type": type(ex).__name__, "message": str(ex), "traceback": traceback.format_exc()}
+    finally:
+        record["metrics"]["wall_s"] = time.perf_counter() - t0
+        record["finished_at"] = _now()
+        try:
+            tracker.summary({**record["metrics"], "status": record["status"]})
+        finally:
+            tracker.finish(record["status"])
+            path = tracking.write_record(ctx.out_dir, record)
+    if failure is not None:
+        raise RunFailed(f"run failed: {type(failure).__name__}: {failure}", path) from failure
+    return record

@@ -1,0 +1,171 @@
+"""Token ids -> class logits: embedding -> recurrent stack -> pooling -> linear.
+
+One class covers the lesson's RNN, LSTM and packed LSTM, GRUs, bidirectional and stacked
+variants, and the bag-of-embeddings baseline, so that a sweep changes arguments, not code.
+
+Padding never reaches the correct poolings (`last`, `mean`, `max`). For a unidirectional
+stack that is a matter of reading the right positions: padding comes after the real tokens.
+A backward direction, though, would read the padding *first* and carry it into every real
+position, so with padded batches the bidirectional stack runs each direction itself, the
+backward one over sequences reversed within their own lengths. Packed batches get the same
+result from PyTorch's packed kernels. The lesson's own poolings (`seed_mean`, `seed_hlast`)
+are kept as written, padding effects included, for `experiment=seed_notebook`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+RECURRENT = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+ARCHS = ("bow", *RECURRENT)
+POOLINGS = ("last", "mean", "max", "seed_mean", "seed_hlast")
+
+
+def reverse_within_lengths(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each row's first `length` steps of a (B, T, ...) tensor, leave padding in place."""
+    steps = torch.arange(x.size(1), device=x.device).expand(x.size(0), -1)
+    lengths = lengths.to(x.device).unsqueeze(1)
+    index = torch.where(steps < lengths, lengths - 1 - steps, steps)
+    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(1, index)
+
+
+def padding_mask(lengths: torch.Tensor, width: int, device: torch.device) -> torch.Tensor:
+    """(B, T) bool, True at real tokens."""
+    return torch.arange(width, device=device).unsqueeze(0) < lengths.to(device).unsqueeze(1)
+
+
+class TextClassifier(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        *,
+        arch: str = "lstm",
+        embed_dim: int = 64,
+        hidden_dim: int = 64,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        pooling: str = "last",
+        packed: bool = False,
+        embed_init: str = "default",
+        pad_id: int = 0,
+    ):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, not {arch!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
+        if arch == "bow" and pooling not in ("mean", "max"):
+            raise ValueError("a bag of embeddings pools with mean or max")
+        self.arch, self.pooling, self.packed = arch, pooling, packed
+        self.bidirectional, self.num_layers = bidirectional, num_layers
+        self.dropout = dropout
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
+        if embed_init == "shifted_normal":
+            with torch.no_grad():  # the lesson's LSTM: randn - 0.5, padding row included
+                self.embedding.weight.copy_(torch.randn_like(self.embedding.weight) - 0.5)
+        elif embed_init != "default":
+            raise ValueError(f"embed_init must be default or shifted_normal, not {embed_init!r}")
+        if arch == "bow":
+            self.rnn = None
+            features = embed_dim
+        else:
+            self.rnn = RECURRENT[arch](
+                embed_dim,
+                hidden_dim,
+                num_layers=num_layers,
+                bidirectional=bidirectional,
+                dropout=dropout if num_layers > 1 else 0.0,
+                batch_first=True,
+            )
+            features = hidden_dim * (2 if bidirectional else 1)
+            # Single-layer, single-direction twins of `self.rnn` to run one direction of one
+            # layer with `self.rnn`'s own weights (see `_bidirectional_padded`). Kept out of
+            # the module tree: they own no parameters that train.
+            self._one_direction = [
+                RECURRENT[arch](embed_dim if layer == 0 else features, hidden_dim, batch_first=True)
+                for layer in range(num_layers)
+            ]
+            for twin in self._one_direction:
+                twin.requires_grad_(False)
+        self.fc = nn.Linear(features, num_classes)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = self.embedding(ids)
+        mask = padding_mask(lengths, ids.size(1), ids.device)
+        if self.rnn is None:
+            return self.fc(self._pool_masked(x, mask, lengths))
+        if self.pooling == "seed_mean":
+            out, _ = self._run_as_written(x, lengths)
+            return self.fc(out.mean(dim=1))
+        if self.pooling == "seed_hlast":
+            _, h = self._run_as_written(x, lengths)
+            h = h[0] if isinstance(h, tuple) else h
+            return self.fc(h[-1])
+        if self.packed:
+            out, _ = self._run_packed(x, lengths)
+        elif self.bidirectional:
+            out = self._bidirectional_padded(x, lengths)
+        else:
+            out, _ = self.rnn(x)
+        if self.pooling == "last":
+            return self.fc(self._last(out, lengths))
+        return self.fc(self._pool_masked(out, mask, lengths))
+
+    def _run_as_written(self, x, lengths):
+        return self._run_packed(x, lengths) if self.packed else self.rnn(x)
+
+    def _run_packed(self, x, lengths):
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, h = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+        return out, h
+
+    def _bidirectional_padded(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        for layer, twin in enumerate(self._one_direction):
+            if layer > 0 and self.dropout > 0:
+                x = nn.functional.dropout(x, self.dropout, self.training)
+            directions = []
+            for suffix in ("", "_reverse"):
+                weights = {
+                    name: getattr(self.rnn, f"{name[:-1]}{layer}{suffix}")
+                    for name in twin._flat_weights_names  # e.g. weight_ih_l0, bias_hh_l0
+                }
+                if suffix:
+                    rev, _ = functional_call(twin, weights, (reverse_within_lengths(x, lengths),))
+                    directions.append(reverse_within_lengths(rev, lengths))
+                else:
+                    directions.append(functional_call(twin, weights, (x,))[0])
+            x = torch.cat(directions, dim=2)
+        return x
+
+    def _last(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(out.size(0), device=out.device)
+        last = out[rows, lengths.to(out.device) - 1]
+        if not self.bidirectional:
+            return last
+        # The backward direction has read the whole sequence when it reaches position 0.
+        hidden = out.size(2) // 2
+        return torch.cat([last[:, :hidden], out[:, 0, hidden:]], dim=1)
+
+    def _pool_masked(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        m = mask.unsqueeze(2)
+        if self.pooling == "max":
+            return x.masked_fill(~m, float("-inf")).max(dim=1).values
+        return (x * m).sum(dim=1) / lengths.to(x.device).unsqueeze(1).to(x.dtype)
+
+    def _apply(self, fn, recurse=True):
+        # The twins hold no trained weights, but .to() / .cuda() / .double() must reach them.
+        super()._apply(fn, recurse)
+        for twin in getattr(self, "_one_direction", []):
+            twin._apply(fn, recurse)
+        return self
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,179 @@
+"""Fit and evaluate: epochs of optimizer steps, validation after each, metrics to callbacks.
+
+Plain torch: a model, an optimizer, batch iterables. Losses and correct counts accumulate on
+the device and are read back only every `log_every` steps and at the end of an epoch, so the
+loop does not stall on a host sync per step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data.batches import Batch
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite; `history` holds the epochs finished before."""
+
+    def __init__(self, message: str, history: list[dict[str, float]]):
+        super().__init__(message)
+        self.history = history
+
+
+class Callback(Protocol):
+    def on_step(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def on_epoch(self, step: int, metrics: dict[str, float]) -> None: ...
+
+
+def make_optimizer(name: str, params, *, lr: float, weight_decay: float = 0.0, **kw) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(kw["betas"]), eps=kw["eps"], weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(kw["betas"]), eps=kw["eps"], weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=kw["momentum"], nesterov=kw["nesterov"], weight_decay=weight_decay
+        )
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def macro_f1(confusion: torch.Tensor) -> float:
+    """Mean F1 over the classes that occur in the labels or the predictions (as scikit-learn)."""
+    tp = confusion.diag().double()
+    fp = confusion.sum(0).double() - tp
+    fn = confusion.sum(1).double() - tp
+    present = (tp + fp + fn) > 0
+    f1 = 2 * tp / (2 * tp + fp + fn).clamp(min=1)
+    return float(f1[present].mean()) if present.any() else 0.0
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, batches: Iterable[Batch], num_classes: int, device: torch.device) -> dict[str, float]:
+    model.eval()
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n = 0
+    for batch in batches:
+        batch = batch.to(device)
+        logits = model(batch.ids, batch.lengths)
+        loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum")
+        confusion += torch.bincount(batch.labels * num_classes + logits.argmax(1), minlength=num_classes**2)
+        n += len(batch)
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    return {
+        "acc": float(confusion.diag().sum()) / max(n, 1),
+        "macro_f1": macro_f1(confusion),
+        "loss": float(loss_sum) / max(n, 1),
+    }
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]  # one entry per epoch
+    train_seconds: float  # optimizer steps only, evaluation excluded
+    train_examples: int
+    steps: int
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.train_examples / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def _finite_or_raise(value: float, step: int, epoch: int, history: list) -> float:
+    if not math.isfinite(value):
+        raise Diverged(f"training loss became {value} at step {step} (epoch {epoch})", history)
+    return value
+
+
+def fit(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_batches: Callable[[int], Iterable[Batch]],
+    val_batches: Callable[[], Iterable[Batch]],
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    num_classes: int,
+    device: torch.device,
+    grad_clip: float | None = None,
+    log_every: int = 50,
+    callbacks: Iterable[Callback] = (),
+    progress: bool = False,
+) -> FitResult:
+    """Train for `epochs`; `train_batches(epoch)` gives that epoch's (shuffled) batches."""
+    callbacks = list(callbacks)
+    history: list[dict[str, float]] = []
+    step, seen, train_seconds = 0, 0, 0.0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        # Window sums for step logs and epoch sums for the epoch record, both kept on the device.
+        win_loss = torch.zeros((), device=device)
+        win_correct = torch.zeros((), dtype=torch.long, device=device)
+        ep_loss = torch.zeros((), dtype=torch.float64, device=device)
+        ep_correct = torch.zeros((), dtype=torch.long, device=device)
+        win_n = ep_n = 0
+        bar = tqdm(
+            train_batches(epoch),
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{epochs}",
+            unit="batch",
+            leave=False,
+            disable=not progress,
+        )
+        started = time.perf_counter()
+        for batch in bar:
+            batch = batch.to(device)
+            logits = model(batch.ids, batch.lengths)
+            loss = F.cross_entropy(logits, batch.labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            step += 1
+            b = len(batch)
+            correct = (logits.detach().argmax(1) == batch.labels).sum()
+            win_loss += loss.detach() * b
+            win_correct += correct
+            ep_loss += loss.detach().double() * b
+            ep_correct += correct
+            win_n += b
+            ep_n += b
+            if step % log_every == 0:
+                metrics = {
+                    "train/loss": _finite_or_raise(float(win_loss) / win_n, step, epoch, history),
+                    "train/acc": float(win_correct) / win_n,
+                    "epoch": epoch,
+                }
+                bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", acc=f"{metrics['train/acc']:.3f}")
+                for cb in callbacks:
+                    cb.on_step(step, metrics)
+                win_loss.zero_()
+                win_correct.zero_()
+                win_n = 0
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_seconds = time.perf_counter() - started
+        bar.close()
+        train_seconds += epoch_seconds
+        seen += ep_n
+        record = {
+            "epoch": epoch,
+            "train/loss": _finite_or_raise(float(ep_loss) / max(ep_n, 1), step, epoch, history),
+            "train/acc": float(ep_correct) / max(ep_n, 1),
+            "train/examples_per_s": ep_n / epoch_seconds if epoch_seconds > 0 else 0.0,
+        }
+        val = evaluate(model, val_batches(), num_classes, device)
+        record.update({f"val/{k}": v for k, v in val.items()})
+        history.append(record)
+        for cb in callbacks:
+            cb.on_epoch(step, record)
+    return FitResult(history=history, train_seconds=train_seconds, train_examples=seen, steps=step)

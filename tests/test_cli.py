@@ -1,0 +1,134 @@
+"""The `rnnsweep` command as users run it: a subprocess, from a directory of their own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY, run_cli
+from wandb_records import read_offline_run
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["model=lstm", "model.hidden_dim=abc"], "model.hidden_dim=abc"),
+        (["model=transformer"], "unknown option 'transformer' for config group 'model' (choose from: bow, gru, lstm, rnn)"),
+        (["topology.num_layers=0"], "topology.num_layers=0: must be at least 1"),
+        (["train.epochs=-1"], "train.epochs=-1: must be at least 1"),
+    ],
+)
+def test_bad_input_fails_before_training_with_one_line(tmp_path, args, expected):
+    res = run_cli(args, cwd=tmp_path)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rnnsweep: error: "), res.stderr
+    assert expected in lines[0]
+    assert not list(tmp_path.rglob("metrics.json"))
+
+
+def test_help_lists_the_config_groups(tmp_path):
+    res = run_cli(["--help"], cwd=tmp_path)
+    assert res.returncode == 0
+    for line in ("model: bow, gru, lstm, rnn", "batching: packed, padded", "topology: bi, deep, deep_bi, uni",
+                 "optimizer: adam, adamw, sgd", "data: synthetic", "logger: none, wandb", "experiment: seed_notebook"):
+        assert line in res.stdout
+    assert "rnnsweep -m model=rnn,lstm,gru" in res.stdout
+
+
+def test_cfg_job_prints_the_composed_config_and_trains_nothing(tmp_path):
+    res = run_cli(["--cfg", "job", "model=gru", "topology=bi"], cwd=tmp_path)
+    assert res.returncode == 0
+    assert "arch: gru" in res.stdout and "bidirectional: true" in res.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_single_run_writes_its_record_under_outputs(tmp_path):
+    res = run_cli([*TINY, "model=gru"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    (record,) = tmp_path.glob("outputs/run/*/metrics.json")
+    data = json.loads(record.read_text())
+    assert data["status"] == "completed" and data["choices"]["model"] == "gru"
+    assert data["overrides"][-1] == "model=gru"
+    assert str(record) in res.stdout  # the log line says where the result is
+
+
+@pytest.mark.slow
+def test_multirun_of_six_jobs_leaves_six_completed_records(tmp_path):
+    sweep = tmp_path / "sweep"
+    res = run_cli(["-m", "model=rnn,lstm,gru", "batching=padded,packed", "train.epochs=1", *TINY[:1], *TINY[4:],
+                   f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert len(records) == 6
+    assert {r["status"] for r in records} == {"completed"}
+    combos = {(r["choices"]["model"], r["choices"]["batching"]) for r in records}
+    assert combos == {(m, b) for m in ("rnn", "lstm", "gru") for b in ("padded", "packed")}
+    assert {r["group"] for r in records} == {"sweep"}
+
+
+@pytest.mark.slow
+def test_each_job_of_a_multirun_gets_its_own_offline_wandb_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    res = run_cli(["-m", "model=rnn,gru", *[o for o in TINY if o != "logger=none"], f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "W&B: no API key configured, logging offline" in res.stdout
+    runs = {}
+    for job_dir in sorted(sweep.iterdir()):
+        if job_dir.is_dir():
+            (run_dir,) = (job_dir / "wandb").glob("offline-run-*")
+            run = read_offline_run(run_dir)
+            record = json.loads((job_dir / "metrics.json").read_text())
+            assert run.run_id == record["wandb"]["id"]
+            assert run.summary["test/acc"] == pytest.approx(record["metrics"]["test/acc"])
+            assert run.group == "sweep" and run.job_type == "sweep"
+            runs[run.run_id] = run.name
+    assert sorted(runs.values()) == sorted(f"model={m},{','.join(o for o in TINY if o != 'logger=none')}" for m in ("rnn", "gru"))
+
+
+@pytest.mark.slow
+def test_experiment_seed_notebook_runs_the_lessons_three_classifiers(tmp_path):
+    sweep = tmp_path / "sweep"
+    res = run_cli(["-m", "experiment=seed_notebook", "logger=none", "data.train_size=200", "data.test_size=40",
+                   "runtime.progress=off", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lessons = sorted(json.loads(p.read_text())["choices"]["lesson"] for p in sweep.glob("*/metrics.json"))
+    assert lessons == ["lstm", "packed_lstm", "rnn"]
+
+
+@pytest.mark.slow
+def test_console_script_from_a_built_wheel_in_a_fresh_venv(tmp_path):
+    """Hydra finds conf/ differently for an installed console script: check the real thing."""
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(REPO)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = dist.glob("rnnsweep-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    # torch & co. come from this environment (a .pth path entry), rnnsweep only from the wheel.
+    Path(site, "deps-from-test-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([py, "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True, timeout=300)
+    where = subprocess.run([py, "-c", "import rnnsweep.cli as c; print(c.__file__); print(c.config_dir())"],
+                           capture_output=True, text=True, cwd=tmp_path, check=True).stdout.split()
+    assert all(p.startswith(str(venv)) for p in where), where
+    exe = [str(venv / "bin" / "rnnsweep")]
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    assert "model: bow, gru, lstm, rnn" in run_cli(["--help"], cwd=work, exe=exe).stdout
+    res = run_cli([*TINY, "model=rnn"], cwd=work, exe=exe)
+    assert res.returncode == 0, res.stderr
+    (record,) = work.glob("outputs/run/*/metrics.json")
+    assert json.loads(record.read_text())["status"] == "completed"
+    res = run_cli(["-m", "model=rnn,gru", *TINY], cwd=work, exe=exe)
+    assert res.returncode == 0, res.stderr
+    assert len(list(work.glob("outputs/multirun/*/*/metrics.json"))) == 2
+    assert run_cli(["model=transformer"], cwd=work, exe=exe).returncode == 2

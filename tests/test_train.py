@@ -1,0 +1,76 @@
+"""Training runs end in a truthful record: reproducible, diverged, or failed with its traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY
+from rnnsweep import config, job
+from rnnsweep.train import macro_f1
+
+TIMING = {"wall_s", "train/examples_per_s", "train/seconds"}
+
+
+def run(compose_cfg, out_dir, overrides):
+    return job.run(config.validate(compose_cfg([*TINY, *overrides])), job.RunContext(out_dir=out_dir))
+
+
+def without_timing(record):
+    metrics = {k: v for k, v in record["metrics"].items() if k not in TIMING}
+    history = [{k: v for k, v in h.items() if k not in TIMING} for h in record["history"]]
+    return metrics, history
+
+
+@pytest.mark.parametrize("extra", [[], ["model=gru", "topology=deep_bi", "batching=packed"]])
+def test_same_config_and_seed_give_identical_metrics(compose_cfg, tmp_path, extra):
+    # Promised on the CPU; CUDA's embedding backward accumulates with atomics, in any order.
+    extra = ["runtime.device=cpu", *extra]
+    overrides = ["train.epochs=2", "seed=3", *extra]
+    a = run(compose_cfg, tmp_path / "a", overrides)
+    b = run(compose_cfg, tmp_path / "b", overrides)
+    assert a["status"] == b["status"] == "completed"
+    assert without_timing(a) == without_timing(b)
+    c = run(compose_cfg, tmp_path / "c", ["train.epochs=2", "seed=4", *extra])
+    assert without_timing(c) != without_timing(a)  # the seed is not ignored
+
+
+def test_record_holds_what_a_report_needs(compose_cfg, tmp_path):
+    rec = run(compose_cfg, tmp_path, ["train.epochs=2"])
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(rec))
+    assert on_disk["status"] == "completed"
+    for key in ("test/acc", "test/macro_f1", "val/acc", "train/loss", "train/acc", "train/examples_per_s", "wall_s", "params"):
+        assert isinstance(on_disk["metrics"][key], (int, float)), key
+    assert [h["epoch"] for h in on_disk["history"]] == [1, 2]
+    assert on_disk["config"]["train"]["epochs"] == 2
+    assert set(on_disk["env"]) >= {"python", "torch", "rnnsweep", "git_commit", "device", "threads"}
+    assert on_disk["data"]["train"] + on_disk["data"]["val"] == 120
+    assert not list(tmp_path.glob(".metrics.json.*"))  # no temp file left behind
+
+
+def test_nan_loss_ends_the_run_as_diverged(compose_cfg, tmp_path):
+    rec = run(compose_cfg, tmp_path, ["model=bow", "optimizer=sgd", "optimizer.lr=1e10", "train.grad_clip=null", "logger.log_every=1"])
+    assert rec["status"] == "diverged"
+    assert "training loss became" in rec["error"]["message"]
+    assert "test/acc" not in rec["metrics"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA to fail")
+def test_an_exception_is_recorded_as_failed_with_its_traceback(compose_cfg, tmp_path):
+    with pytest.raises(job.RunFailed, match="no CUDA device"):
+        run(compose_cfg, tmp_path, ["runtime.device=cuda"])
+    rec = json.loads((tmp_path / "metrics.json").read_text())
+    assert rec["status"] == "failed"
+    assert "Traceback" in rec["error"]["traceback"] and rec["error"]["type"] == "RuntimeError"
+
+
+def test_macro_f1_matches_a_hand_computation():
+    # rows: true class, columns: predicted. Class 2 never occurs and is never predicted.
+    confusion = torch.tensor([[3, 1, 0], [2, 4, 0], [0, 0, 0]])
+    f1_0 = 2 * 3 / (2 * 3 + 2 + 1)
+    f1_1 = 2 * 4 / (2 * 4 + 1 + 2)
+    assert macro_f1(confusion) == pytest.approx((f1_0 + f1_1) / 2)
