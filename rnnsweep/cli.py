@@ -6,6 +6,7 @@ where it lives and what it is called, and turns every error a user can cause int
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -13,12 +14,13 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from . import config, job
+from . import config, job, runner
 
 log = logging.getLogger("rnnsweep")
 
@@ -35,43 +37,82 @@ def config_dir() -> str:
 config.register_schemas()
 
 
-def run_context() -> job.RunContext:
+def job_info() -> runner.JobInfo:
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
-    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/") and k != "rnnsweep_schema"}
-    multirun = hc.mode == RunMode.MULTIRUN
-    return job.RunContext(
-        out_dir=Path(hc.runtime.output_dir),
+    return runner.JobInfo(
+        job_dir=Path(hc.runtime.output_dir),
         name=",".join(overrides) or "defaults",
-        group=Path(hc.sweep.dir).name if multirun else None,
-        job_type="sweep" if multirun else "train",
-        choices=choices,
+        sweep=Path(hc.sweep.dir).name if is_multirun() else None,
+        choices={k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/") and k != "rnnsweep_schema"},
         overrides=overrides,
     )
 
 
+def is_multirun() -> bool:
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def store_root(store: str) -> Path:
+    path = Path(store)
+    return path if path.is_absolute() else Path(HydraConfig.get().runtime.cwd) / path
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def app(cfg: DictConfig) -> float | None:
+    info = job_info()
     try:
         settings = config.validate(cfg)  # fails here, before any data is loaded
     except config.ConfigError as ex:
+        if is_multirun():  # one invalid combination must not end a sweep
+            runner.record_invalid(info, str(ex))
+            log.warning("%s: invalid, skipped: %s", info.name, ex)
+            return None
         # Exit from inside the job: Hydra would otherwise add its own report of the job's error.
         if os.environ.get("RNNSWEEP_FULL_ERROR") == "1":
             raise
         print(f"rnnsweep: error: {ex}", file=sys.stderr)
         raise SystemExit(2) from ex
-    ctx = run_context()
-    record = job.run(settings, ctx)
+
+    outcome = runner.execute(settings, info, store_root(settings.ledger.store), raise_on_failure=not is_multirun())
+    if outcome["outcome"] == "plan":
+        log.info("%s: would %s (run %s is %s)", info.name, outcome["action"], outcome["id"], outcome["status"])
+        return None
+    record_path = info.job_dir / "metrics.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {"metrics": {}, "status": outcome["status"]}
     m = record["metrics"]
     if record["status"] == "completed":
         log.info(
-            "%s: test acc %.4f, macro-F1 %.4f, %.0f examples/s -> %s",
-            ctx.name, m["test/acc"], m["test/macro_f1"], m["train/examples_per_s"], ctx.out_dir / "metrics.json",
+            "%s: %s, test acc %.4f, macro-F1 %.4f, %.0f examples/s -> %s",
+            info.name, outcome["outcome"], m["test/acc"], m["test/macro_f1"], m["train/examples_per_s"], record_path,
         )
+        if outcome["outcome"] == "skipped" and not is_multirun():
+            log.info("(already in the store at %s; ledger.force=true retrains)", outcome["store_dir"])
     else:
-        log.warning("%s: %s -> %s", ctx.name, record["status"], ctx.out_dir / "metrics.json")
+        log.warning("%s: %s -> %s", info.name, record["status"], record_path)
     # Sweepers that optimise (e.g. Optuna) read the return value.
     return m.get("val/acc")
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: what every job did, and a non-zero exit if any failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = runner.read_jobs(sweep_dir)
+        if not jobs:
+            return
+        text = runner.summarize(jobs)
+        (sweep_dir / "summary.txt").write_text(text + "\n")
+        print(f"\nSweep summary ({sweep_dir}):\n{text}", flush=True)
+        failed = [j for j in jobs if j["outcome"] == "failed"]
+        if failed and config.ledger.fail_on_error:
+            print(f"rnnsweep: error: {len(failed)} job(s) failed (logs and records above; "
+                  "ledger.fail_on_error=false keeps the exit status 0)", file=sys.stderr)
+            raise SystemExit(1)
+        if all(j["outcome"] == "invalid" for j in jobs):
+            print("rnnsweep: error: every job of the sweep was invalid; nothing ran", file=sys.stderr)
+            raise SystemExit(2)
 
 
 def _first_line(ex: BaseException) -> str:

@@ -170,6 +170,15 @@ class LoggerConfig:
 
 
 @dataclass
+class LedgerConfig:
+    store: str = "outputs/store"  # relative paths are taken from the directory rnnsweep runs in
+    force: bool = False  # retrain even when the store holds a finished run of this identity
+    plan: bool = False  # list what each job would do (train / resume / skip / invalid), train nothing
+    fail_on_error: bool = True  # a sweep with a failed job exits non-zero
+    keep_checkpoint: bool = False  # keep each finished run's last epoch checkpoint in the store
+
+
+@dataclass
 class RootConfig:
     seed: int = 0
     model: ModelConfig = MISSING
@@ -182,6 +191,7 @@ class RootConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     logger: LoggerConfig = MISSING
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
 
 
 OPTIMIZERS = {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig}

@@ -20,10 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import checkpoint, tracking
 from . import data as data_sources
-from . import tracking
 from .config import LoggerBackend, Progress, RootConfig, SyntheticDataConfig, to_plain
 from .data import batches
+from . import ledger
+from .data import synthetic
+from .ledger import CHECKPOINT
 from .model import TextClassifier, count_parameters
 from .train import Diverged, evaluate, fit, make_optimizer
 
@@ -40,12 +43,18 @@ class RunFailed(RuntimeError):
 
 @dataclass
 class RunContext:
-    out_dir: Path
+    out_dir: Path  # the run's own directory: record, checkpoint, W&B files
     name: str = "run"
-    group: str | None = None
-    job_type: str = "train"
+    group: str | None = None  # W&B group
+    job_type: str = "train"  # W&B job type
     choices: dict[str, str] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
+    run_id: str | None = None  # the ledger's identity, see ledger.run_identity
+    group_id: str | None = None
+    attempt: int = 1  # how many times this identity has been trained from scratch
+    wandb_id: str | None = None  # W&B run id; a resumed run reuses it
+    resume: bool = False  # continue from out_dir's checkpoint, if one can be read
+    keep_checkpoint: bool = False  # keep the last epoch's checkpoint after the run ends
 
 
 def seed_everything(seed: int) -> None:
@@ -67,6 +76,13 @@ def load_data(cfg: RootConfig) -> data_sources.Splits:
     if isinstance(d, SyntheticDataConfig):
         return data_sources.load_synthetic(d.variant.value, d.train_size, d.test_size, d.val_fraction, d.seed)
     raise ValueError(f"no loader for data={d.name}")
+
+
+def data_fingerprint(cfg: RootConfig) -> str:
+    d = cfg.data
+    if isinstance(d, SyntheticDataConfig):
+        return ledger.data_fingerprint(to_plain(d), synthetic.GENERATOR_VERSION)
+    raise ValueError(f"no fingerprint for data={d.name}")
 
 
 def build_model(cfg: RootConfig, splits: data_sources.Splits) -> TextClassifier:
@@ -105,8 +121,9 @@ def open_tracker(cfg: RootConfig, ctx: RunContext):
         group=ctx.group,
         job_type=ctx.job_type,
         tags=tags,
-        config=to_plain(cfg),
+        config={**to_plain(cfg), "run_id": ctx.run_id, "group_id": ctx.group_id},
         directory=ctx.out_dir,
+        run_id=ctx.wandb_id,
     )
 
 
@@ -136,6 +153,10 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
         "history": [],
         "data": {},
         "env": {},
+        "id": ctx.run_id,
+        "group_id": ctx.group_id,
+        "attempt": ctx.attempt,
+        "resumed_from_epoch": None,
         "wandb": None,
         "error": None,
         "started_at": started,
@@ -157,6 +178,15 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
         }
         model = build_model(cfg, splits).to(device)
         optimizer = build_optimizer(cfg, model)
+        ckpt_path = ctx.out_dir / CHECKPOINT
+        state = checkpoint.load(ckpt_path, model, optimizer) if ctx.resume else None
+        if state is None and ctx.resume:  # unreadable: start clean, exactly as a fresh run would
+            seed_everything(cfg.seed)
+            model = build_model(cfg, splits).to(device)
+            optimizer = build_optimizer(cfg, model)
+        if state is not None:
+            record["resumed_from_epoch"] = state.epoch
+            log.info("resuming %s from its epoch-%d checkpoint", ctx.out_dir, state.epoch)
         record["metrics"]["params"] = count_parameters(model)
         tracker = open_tracker(cfg, ctx)
         if tracker.run_id is not None:
@@ -173,6 +203,8 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
         def eval_batches(split):
             return lambda: batches.iterate(split, tr.eval_batch_size, shuffle=False)
 
+        record["status"] = "running"
+        tracking.write_record(ctx.out_dir, record)
         try:
             result = fit(
                 model,
@@ -187,6 +219,8 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
                 log_every=cfg.logger.log_every,
                 callbacks=[tracker],
                 progress=progress,
+                state=state,
+                on_epoch_end=lambda st: checkpoint.save(ckpt_path, model, optimizer, st),
             )
         except Diverged as ex:
             record["status"] = "diverged"
@@ -209,10 +243,12 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
                     "train/acc": last["train/acc"],
                     "train/examples_per_s": result.examples_per_s,
                     "train/seconds": result.train_seconds,
-                    "steps": result.steps,
+                    "steps": result.step,
                 }
             )
             record["status"] = "completed"
+            if not ctx.keep_checkpoint:
+                ckpt_path.unlink(missing_ok=True)
     except Exception as ex:
         failure = ex
         record["status"] = "failed"

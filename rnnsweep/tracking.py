@@ -37,6 +37,7 @@ def write_record(directory: Path, record: dict[str, Any]) -> Path:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide records from the rest of a shared group
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -133,6 +134,7 @@ class WandbTracker:
         tags: list[str],
         config: dict[str, Any],
         directory: Path,
+        run_id: str | None = None,
     ):
         import wandb  # imported here: a second or two that logger=none runs should not pay
 
@@ -151,6 +153,9 @@ class WandbTracker:
             tags=tags,
             config=config,
             dir=str(directory),
+            # The ledger's id: a resumed run continues its W&B run instead of starting a second.
+            id=run_id,
+            resume="allow" if run_id else None,
             # Never continue whatever run this process had open: each job gets its own run.
             reinit="finish_previous",
             settings=wandb.Settings(silent=True),

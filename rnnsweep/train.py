@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol
 
 import torch
@@ -76,11 +76,14 @@ def evaluate(model: torch.nn.Module, batches: Iterable[Batch], num_classes: int,
 
 
 @dataclass
-class FitResult:
-    history: list[dict[str, float]]  # one entry per epoch
-    train_seconds: float  # optimizer steps only, evaluation excluded
-    train_examples: int
-    steps: int
+class FitState:
+    """Where training stands after `epoch` completed epochs; what a checkpoint stores."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
+    train_seconds: float = 0.0  # optimizer steps only, evaluation excluded
+    train_examples: int = 0
 
     @property
     def examples_per_s(self) -> float:
@@ -107,12 +110,20 @@ def fit(
     log_every: int = 50,
     callbacks: Iterable[Callback] = (),
     progress: bool = False,
-) -> FitResult:
-    """Train for `epochs`; `train_batches(epoch)` gives that epoch's (shuffled) batches."""
+    state: FitState | None = None,
+    on_epoch_end: Callable[[FitState], None] | None = None,
+) -> FitState:
+    """Train until `epochs` are done, from scratch or from a checkpoint's `state`.
+
+    `train_batches(epoch)` gives that epoch's batches; it must depend on the epoch alone (seed
+    it per epoch), so a resumed run sees exactly the batches an uninterrupted one would.
+    `on_epoch_end` runs after each epoch's validation (to write a checkpoint).
+    """
     callbacks = list(callbacks)
-    history: list[dict[str, float]] = []
-    step, seen, train_seconds = 0, 0, 0.0
-    for epoch in range(1, epochs + 1):
+    state = state or FitState()
+    history = state.history
+    step = state.step
+    for epoch in range(state.epoch + 1, epochs + 1):
         model.train()
         # Window sums for step logs and epoch sums for the epoch record, both kept on the device.
         win_loss = torch.zeros((), device=device)
@@ -163,8 +174,6 @@ def fit(
             torch.cuda.synchronize(device)
         epoch_seconds = time.perf_counter() - started
         bar.close()
-        train_seconds += epoch_seconds
-        seen += ep_n
         record = {
             "epoch": epoch,
             "train/loss": _finite_or_raise(float(ep_loss) / max(ep_n, 1), step, epoch, history),
@@ -174,6 +183,11 @@ def fit(
         val = evaluate(model, val_batches(), num_classes, device)
         record.update({f"val/{k}": v for k, v in val.items()})
         history.append(record)
+        state.epoch, state.step = epoch, step
+        state.train_seconds += epoch_seconds
+        state.train_examples += ep_n
         for cb in callbacks:
             cb.on_epoch(step, record)
-    return FitResult(history=history, train_seconds=train_seconds, train_examples=seen, steps=step)
+        if on_epoch_end is not None:
+            on_epoch_end(state)
+    return state

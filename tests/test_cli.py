@@ -70,7 +70,9 @@ def test_multirun_of_six_jobs_leaves_six_completed_records(tmp_path):
     assert {r["status"] for r in records} == {"completed"}
     combos = {(r["choices"]["model"], r["choices"]["batching"]) for r in records}
     assert combos == {(m, b) for m in ("rnn", "lstm", "gru") for b in ("padded", "packed")}
-    assert {r["group"] for r in records} == {"sweep"}
+    assert len({r["group_id"] for r in records}) == 6  # no seed repeats here: six groups
+    assert all(r["group"].startswith(f"{r['choices']['model']}-{r['choices']['batching']}-") for r in records)
+    assert "6 completed (6 jobs)" in res.stdout
 
 
 @pytest.mark.slow
@@ -80,15 +82,14 @@ def test_each_job_of_a_multirun_gets_its_own_offline_wandb_run(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "W&B: no API key configured, logging offline" in res.stdout
     runs = {}
-    for job_dir in sorted(sweep.iterdir()):
-        if job_dir.is_dir():
-            (run_dir,) = (job_dir / "wandb").glob("offline-run-*")
-            run = read_offline_run(run_dir)
-            record = json.loads((job_dir / "metrics.json").read_text())
-            assert run.run_id == record["wandb"]["id"]
-            assert run.summary["test/acc"] == pytest.approx(record["metrics"]["test/acc"])
-            assert run.group == "sweep" and run.job_type == "sweep"
-            runs[run.run_id] = run.name
+    for record_path in sorted(sweep.glob("*/metrics.json")):
+        record = json.loads(record_path.read_text())
+        (run_dir,) = Path(record["wandb"]["dir"]).glob("offline-run-*")  # in the run store's entry
+        run = read_offline_run(run_dir)
+        assert run.run_id == record["wandb"]["id"] == record["id"]
+        assert run.summary["test/acc"] == pytest.approx(record["metrics"]["test/acc"])
+        assert run.group == record["group"] and run.job_type == "sweep"
+        runs[run.run_id] = run.name
     assert sorted(runs.values()) == sorted(f"model={m},{','.join(o for o in TINY if o != 'logger=none')}" for m in ("rnn", "gru"))
 
 

@@ -38,3 +38,11 @@ def test_auto_device_trains_on_cuda(compose_cfg, tmp_path, extra):
     record = job.run(config.validate(cfg), job.RunContext(out_dir=tmp_path))
     assert record["status"] == "completed", record["error"]
     assert record["env"]["device"].startswith("cuda")
+
+
+def test_a_cuda_run_resumes_from_its_checkpoint(compose_cfg, tmp_path):
+    overrides = [*TINY, "runtime.device=cuda", "model=gru", "topology=deep"]
+    job.run(config.validate(compose_cfg([*overrides, "train.epochs=1"])), job.RunContext(out_dir=tmp_path, keep_checkpoint=True))
+    record = job.run(config.validate(compose_cfg([*overrides, "train.epochs=2"])), job.RunContext(out_dir=tmp_path, resume=True))
+    assert record["status"] == "completed" and record["resumed_from_epoch"] == 1
+    assert [h["epoch"] for h in record["history"]] == [1, 2]

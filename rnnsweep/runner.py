@@ -1,0 +1,162 @@
+"""One job of a sweep (or a single run): find its identity, then train, resume, skip or plan.
+
+The job's own directory (Hydra's) gets `job.json` — what this job did — and, when a result
+exists, a copy of the run's `metrics.json` from the store. The sweep's summary is read from the
+`job.json` files, so it covers every launcher, in-process or not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import Timeout
+
+from . import job, ledger, tracking
+from .config import RootConfig, to_plain
+
+log = logging.getLogger(__name__)
+
+JOB_FILE = "job.json"
+LOG_NAME = "rnnsweep.log"  # Hydra's job log: hydra.job.name + ".log"
+
+
+@dataclass
+class JobInfo:
+    """What the launcher knows about a job."""
+
+    job_dir: Path
+    name: str
+    sweep: str | None = None  # the sweep's name (its directory) in a multirun, else None
+    choices: dict[str, str] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+
+
+def readable_group(choices: dict[str, str], group_id: str) -> str:
+    """A W&B group name people can read, made unique by the seed-free identity."""
+    order = ("model", "batching", "topology", "optimizer", "data", "lesson", "experiment")
+    parts = [str(choices[k]) for k in order if choices.get(k)]
+    return "-".join(parts + [group_id[:8]])
+
+
+def write_job_file(info: JobInfo, **fields: Any) -> dict[str, Any]:
+    payload = {"overrides": info.overrides, "job_dir": str(info.job_dir), **fields}
+    info.job_dir.mkdir(parents=True, exist_ok=True)
+    tmp = info.job_dir / f".{JOB_FILE}.tmp"
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(info.job_dir / JOB_FILE)
+    return payload
+
+
+def record_invalid(info: JobInfo, reason: str) -> dict[str, Any]:
+    return write_job_file(info, outcome="invalid", status="invalid", reason=reason)
+
+
+def _copy_record(entry: ledger.Entry, info: JobInfo) -> None:
+    if entry.dir.resolve() != info.job_dir.resolve() and entry.record_path.is_file():
+        shutil.copyfile(entry.record_path, info.job_dir / tracking.RECORD_NAME)
+
+
+def execute(settings: RootConfig, info: JobInfo, store_root: Path, *, raise_on_failure: bool) -> dict[str, Any]:
+    """Do what the ledger says for this job; returns (and writes) its job.json payload."""
+    plain = to_plain(settings)
+    run_id, group_id = ledger.run_identity(plain, job.data_fingerprint(settings))
+    entry = ledger.Store(store_root).entry(run_id)
+    status = entry.status()
+    action = ledger.decide(status, settings.ledger.force, entry.checkpoint_path.is_file())
+    common = {"id": run_id, "group_id": group_id, "store_dir": str(entry.dir)}
+
+    if settings.ledger.plan:
+        return write_job_file(info, outcome="plan", action=action, status=status, **common)
+    if action == "busy":
+        log.warning("%s: run %s is in progress in another process; not starting it twice", info.name, run_id)
+        return write_job_file(info, outcome="busy", status="running", **common)
+    if action == "skip":
+        _copy_record(entry, info)
+        log.info("%s: already %s in the store, skipped -> %s", info.name, status, entry.record_path)
+        return write_job_file(info, outcome="skipped", status=status, **common)
+
+    try:
+        with entry.lock():
+            # Decided before the lock: look again now that no one else can change the entry.
+            status = entry.status(holding_lock=True)
+            action = ledger.decide(status, settings.ledger.force, entry.checkpoint_path.is_file())
+            if action == "skip":
+                _copy_record(entry, info)
+                return write_job_file(info, outcome="skipped", status=status, **common)
+            previous = entry.record() or {}
+            attempt = previous.get("attempt", 1) if action == "resume" else previous.get("attempt", 0) + 1
+            if action == "train":
+                entry.checkpoint_path.unlink(missing_ok=True)
+            ctx = job.RunContext(
+                out_dir=entry.dir,
+                name=info.name,
+                group=readable_group(info.choices, group_id),
+                job_type=info.sweep or "run",
+                choices=info.choices,
+                overrides=info.overrides,
+                run_id=run_id,
+                group_id=group_id,
+                attempt=attempt,
+                wandb_id=run_id if attempt == 1 else f"{run_id}-{attempt}",
+                resume=action == "resume",
+                keep_checkpoint=settings.ledger.keep_checkpoint,
+            )
+            try:
+                record = job.run(settings, ctx)
+            except job.RunFailed as ex:
+                _copy_record(entry, info)
+                write_job_file(info, outcome="failed", status="failed", error=str(ex), **common)
+                if raise_on_failure:
+                    raise
+                log.error("%s: %s", info.name, ex)
+                return json.loads((info.job_dir / JOB_FILE).read_text())
+    except Timeout:
+        log.warning("%s: run %s is in progress in another process; not starting it twice", info.name, run_id)
+        return write_job_file(info, outcome="busy", status="running", **common)
+
+    _copy_record(entry, info)
+    outcome = "resumed" if record["resumed_from_epoch"] is not None else "trained"
+    return write_job_file(info, outcome=outcome, status=record["status"], **common)
+
+
+def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The job.json of every job under a sweep directory, in job-number order."""
+    jobs = []
+    for path in sweep_dir.glob(f"*/{JOB_FILE}"):
+        payload = json.loads(path.read_text())
+        payload["num"] = path.parent.name
+        jobs.append(payload)
+    return sorted(jobs, key=lambda j: (not j["num"].isdigit(), int(j["num"]) if j["num"].isdigit() else 0, j["num"]))
+
+
+def summarize(jobs: list[dict[str, Any]]) -> str:
+    """A table of what each job did, then the counts."""
+    def log_path(j: dict[str, Any]) -> str:
+        path = Path(j["job_dir"]) / LOG_NAME
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
+
+    width = max([len(log_path(j)) for j in jobs] + [3])
+    lines = [f"{'job':>4}  {'outcome':<9} {'status':<11} {'run id':<16}  {'log':<{width}}  overrides"]
+    counts: dict[str, int] = {}
+    for j in jobs:
+        outcome = j["action"] if j["outcome"] == "plan" else j["outcome"]
+        status = j.get("status", "")
+        # Count what a reader asks first: how many finished, were skipped, failed, diverged.
+        label = outcome if j["outcome"] not in ("trained", "resumed") else status
+        counts[label] = counts.get(label, 0) + 1
+        lines.append(f"{j['num']:>4}  {outcome:<9} {status:<11} {j.get('id', '-'):<16}  {log_path(j):<{width}}  "
+                     f"{' '.join(j['overrides'])}")
+        if j.get("reason"):
+            lines.append(f"{'':>4}  {'':<9} reason: {j['reason']}")
+        if j["outcome"] == "failed":
+            lines.append(f"{'':>4}  {'':<9} {j.get('error', '')}")
+    lines.append(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" ({len(jobs)} jobs)")
+    return "\n".join(lines)

@@ -1,0 +1,144 @@
+"""Sweeps that survive: SIGKILL mid-training, failing and diverging jobs, relaunching a finished sweep.
+
+Real processes, real signals: the sweep runs as `python -m rnnsweep -m ...` in its own process
+group, and the whole group is killed while a job is inside its training loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import clean_env, run_cli
+from wandb_records import read_offline_run
+
+TIMING = {"wall_s", "train/examples_per_s", "train/seconds"}
+GRID = ["model=rnn,lstm,gru", "batching=padded,packed"]
+SMALL = ["data.train_size=2000", "data.test_size=100", "train.epochs=3", "model.embed_dim=16", "model.hidden_dim=16",
+         "runtime.progress=off", "runtime.threads=1", "runtime.device=cpu"]
+
+
+def results(store: Path) -> dict[str, dict]:
+    out = {}
+    for path in store.glob("*/metrics.json"):
+        rec = json.loads(path.read_text())
+        out[rec["id"]] = {
+            "status": rec["status"],
+            "metrics": {k: v for k, v in rec["metrics"].items() if k not in TIMING},
+            "history": [{k: v for k, v in h.items() if k not in TIMING} for h in rec["history"]],
+        }
+    return out
+
+
+def jobs(sweep: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(sweep.glob("*/job.json"))]
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rnnsweep", *args], cwd=cwd, env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"sweep ended before the kill point:\n{proc.stdout.read()}")
+        if time.monotonic() > deadline:
+            raise AssertionError("kill point not reached in time")
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_and_ends_with_the_uninterrupted_results(tmp_path):
+    reference = run_cli(["-m", *GRID, *SMALL, "logger=none", f"ledger.store={tmp_path / 'ref_store'}",
+                         f"hydra.sweep.dir={tmp_path / 'ref_sweep'}"], cwd=tmp_path)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    expected = results(tmp_path / "ref_store")
+    assert len(expected) == 6 and {r["status"] for r in expected.values()} == {"completed"}
+
+    store, sweep = tmp_path / "store", tmp_path / "sweep"
+    args = ["-m", *GRID, *SMALL, "logger=none", f"ledger.store={store}", f"hydra.sweep.dir={sweep}"]
+    proc = start(args, tmp_path)
+    # Kill once two jobs are done and the third has written its epoch-1 checkpoint: it is then
+    # inside epoch 2's training loop.
+    wait_for(lambda: len(jobs(sweep)) >= 2 and any(store.glob("*/checkpoint.pt")), proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (cut,) = [p.parent for p in store.glob("*/checkpoint.pt")]
+    assert json.loads((cut / "metrics.json").read_text())["status"] == "running"
+
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    outcomes = sorted(j["outcome"] for j in jobs(sweep))
+    assert outcomes == ["resumed", "skipped", "skipped", "trained", "trained", "trained"]
+    resumed = json.loads((cut / "metrics.json").read_text())
+    assert resumed["resumed_from_epoch"] == 1
+    assert results(store) == expected  # same ids, same metrics: none lost, none duplicated
+    assert len(list(store.iterdir())) == 6
+    assert not list(store.glob("*/checkpoint.pt"))
+
+    # A finished sweep launched again trains nothing and leaves the records untouched.
+    before = {p: p.read_bytes() for p in store.glob("*/metrics.json")}
+    third = run_cli(args, cwd=tmp_path)
+    assert third.returncode == 0
+    assert [j["outcome"] for j in jobs(sweep)] == ["skipped"] * 6
+    assert {p: p.read_bytes() for p in store.glob("*/metrics.json")} == before
+    assert "6 skipped (6 jobs)" in third.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="runtime.device=cuda must fail here")
+def test_failing_and_diverging_jobs_do_not_stop_the_others(tmp_path):
+    sweep = tmp_path / "sweep"
+    res = run_cli(["-m", "runtime.device=cpu,cuda", "optimizer.lr=0.1,1e10", "model=bow", "optimizer=sgd",
+                   "train.grad_clip=null", "logger.log_every=1", "data.train_size=200", "data.test_size=40",
+                   "train.epochs=1", "logger=none", "runtime.progress=off", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert res.returncode == 1
+    by_status = {}
+    for j in jobs(sweep):
+        by_status.setdefault(j["status"], []).append(" ".join(j["overrides"]))
+    assert sorted(by_status) == ["completed", "diverged", "failed"]
+    assert by_status["completed"] == ["runtime.device=cpu optimizer.lr=0.1 model=bow optimizer=sgd "
+                                      "train.grad_clip=null logger.log_every=1 data.train_size=200 data.test_size=40 "
+                                      "train.epochs=1 logger=none runtime.progress=off"]
+    assert len(by_status["failed"]) == 2 and len(by_status["diverged"]) == 1
+    assert "1 completed, 1 diverged, 2 failed (4 jobs)" in res.stdout
+    assert "2 job(s) failed" in res.stderr
+    failed = [json.loads((Path(j["job_dir"]) / "metrics.json").read_text()) for j in jobs(sweep) if j["outcome"] == "failed"]
+    assert all("Traceback" in r["error"]["traceback"] for r in failed)
+
+    ok = run_cli(["-m", "runtime.device=cpu,cuda", "model=bow", "data.train_size=200", "data.test_size=40",
+                  "train.epochs=1", "logger=none", "ledger.fail_on_error=false", f"hydra.sweep.dir={tmp_path / 's2'}"], cwd=tmp_path)
+    assert ok.returncode == 0
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_its_offline_wandb_run(tmp_path):
+    store = tmp_path / "store"
+    args = [*SMALL, "train.epochs=4", "data.train_size=3000", "logger=wandb", f"ledger.store={store}"]
+    proc = start(args, tmp_path)
+    wait_for(lambda: any(store.glob("*/checkpoint.pt")), proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    (entry,) = store.iterdir()
+    record = json.loads((entry / "metrics.json").read_text())
+    assert record["status"] == "completed" and record["resumed_from_epoch"] >= 1
+    dirs = sorted((entry / "wandb").glob("offline-run-*"))
+    assert len(dirs) == 2  # the cut attempt and its continuation ...
+    assert {d.name.rsplit("-", 1)[1] for d in dirs} == {record["id"]} == {record["wandb"]["id"]}  # ... one W&B run
+    runs = [read_offline_run(d) for d in dirs]
+    assert runs[-1].run_id == record["id"]
+    assert runs[-1].summary["test/acc"] == pytest.approx(record["metrics"]["test/acc"])
+    epochs = [h["epoch"] for h in runs[-1].history if "val/acc" in h]
+    assert epochs == list(range(record["resumed_from_epoch"] + 1, 5))
