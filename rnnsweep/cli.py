@@ -17,10 +17,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import config, job, runner
+from . import config, job, report, runner
 
 log = logging.getLogger("rnnsweep")
 
@@ -95,7 +95,28 @@ def app(cfg: DictConfig) -> float | None:
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun: what every job did, and a non-zero exit if any failed."""
+    """At the end of a multirun: what every job did, the report, and a non-zero exit if any failed."""
+
+    @staticmethod
+    def _report(sweep_dir: Path, cfg: DictConfig) -> None:
+        # A report that cannot be built must not turn a finished sweep into a failed one.
+        try:
+            result = report.build([str(sweep_dir)], sweep_dir)
+        except Exception as ex:  # noqa: BLE001
+            log.error("could not build the sweep report: %s: %s", type(ex).__name__, ex)
+            return
+        print(f"\n{result.table_markdown}\nreport: {sweep_dir / 'report.md'}", flush=True)
+        for warning in result.warnings:
+            log.warning("report: %s", warning)
+        logger = OmegaConf.to_container(cfg.logger, enum_to_str=True)
+        if logger["backend"] == "wandb" and logger["mode"] != "disabled":
+            from .report import wandb_compare
+
+            try:
+                wandb_compare.publish(result, sweep_dir, project=logger["project"], entity=logger["entity"],
+                                      mode=logger["mode"])
+            except Exception as ex:  # noqa: BLE001
+                log.error("could not log the sweep comparison to W&B: %s: %s", type(ex).__name__, ex)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -105,6 +126,8 @@ class SweepSummary(Callback):
         text = runner.summarize(jobs)
         (sweep_dir / "summary.txt").write_text(text + "\n")
         print(f"\nSweep summary ({sweep_dir}):\n{text}", flush=True)
+        if not config.ledger.plan and any(j["status"] == "completed" for j in jobs):
+            self._report(sweep_dir, config)
         failed = [j for j in jobs if j["outcome"] == "failed"]
         if failed and config.ledger.fail_on_error:
             print(f"rnnsweep: error: {len(failed)} job(s) failed (logs and records above; "

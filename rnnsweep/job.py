@@ -175,6 +175,7 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
             "val": len(splits.val),
             "test": len(splits.test),
             "vocab_size": len(splits.vocab),
+            "fingerprint": data_fingerprint(cfg),
         }
         model = build_model(cfg, splits).to(device)
         optimizer = build_optimizer(cfg, model)

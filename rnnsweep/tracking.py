@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-import netrc
 import os
 import platform
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 
 from . import __version__
+from .wandb_mode import resolve_wandb_mode
 
 log = logging.getLogger(__name__)
 
@@ -94,29 +93,6 @@ class NoTracker:
 
     def finish(self, status: str) -> None:
         pass
-
-
-def wandb_api_key_configured() -> bool:
-    """True when W&B could log online without asking: WANDB_API_KEY or a netrc entry."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host or "") is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
-
-def resolve_wandb_mode(configured: str) -> tuple[str, str | None]:
-    """(mode, notice). An explicit logger.mode wins, then WANDB_MODE, then key detection."""
-    if configured != "auto":
-        return configured, None
-    env = os.environ.get("WANDB_MODE")
-    if env:
-        return env, None
-    if wandb_api_key_configured():
-        return "online", None
-    return "offline", "W&B: no API key configured, logging offline"
 
 
 class WandbTracker:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY
-from rnnsweep import config, job, tracking
+from rnnsweep import config, job, wandb_mode
 from wandb_records import read_offline_run
 
 
@@ -70,16 +70,16 @@ def test_diverged_run_is_finished_with_its_status(compose_cfg, tmp_path, no_wand
 
 
 def test_mode_follows_explicit_setting_then_env_then_key(monkeypatch, tmp_path, no_wandb_account):
-    assert tracking.resolve_wandb_mode("auto") == ("offline", "W&B: no API key configured, logging offline")
+    assert wandb_mode.resolve_wandb_mode("auto") == ("offline", "W&B: no API key configured, logging offline")
     netrc = tmp_path / "netrc"
     netrc.write_text("machine api.wandb.ai\n  login user\n  password 0123456789\n")
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
-    assert tracking.resolve_wandb_mode("auto") == ("online", None)
+    assert wandb_mode.resolve_wandb_mode("auto") == ("online", None)
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert tracking.resolve_wandb_mode("auto") == ("disabled", None)
-    assert tracking.resolve_wandb_mode("offline") == ("offline", None)
+    assert wandb_mode.resolve_wandb_mode("auto") == ("disabled", None)
+    assert wandb_mode.resolve_wandb_mode("offline") == ("offline", None)
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert tracking.resolve_wandb_mode("auto") == ("online", None)
+    assert wandb_mode.resolve_wandb_mode("auto") == ("online", None)

@@ -1,0 +1,91 @@
+"""Runs -> groups: which keys were swept, and mean / std / 95% CI of each metric over seeds."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from .records import METRICS, NON_RESULT_PREFIXES
+
+# Choices are read before raw config keys, in this order; a column that the columns already
+# chosen determine (model.arch once `model` is a column) adds nothing and is left out.
+CHOICE_ORDER = ("experiment", "lesson", "data", "model", "batching", "topology", "optimizer")
+
+# Two-sided 95% critical values of Student's t for 1..30 degrees of freedom.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042)
+
+
+def t95(dof: int) -> float:
+    return _T95[dof - 1] if 1 <= dof <= len(_T95) else 1.960
+
+
+def label(column: str) -> str:
+    return column.split(":", 1)[1]
+
+
+def _varies(runs: pd.DataFrame, column: str, given: list[str]) -> bool:
+    values = runs[column].astype(str)
+    if not given:
+        return values.nunique() > 1
+    return bool((values.groupby([runs[g].astype(str) for g in given]).nunique() > 1).any())
+
+
+def swept_columns(runs: pd.DataFrame) -> list[str]:
+    """The columns that tell the runs' configurations apart, the seed excepted."""
+    candidates = [f"choice:{g}" for g in CHOICE_ORDER if f"choice:{g}" in runs]
+    candidates += sorted(c for c in runs if c.startswith("choice:") and c not in candidates)
+    candidates += sorted(
+        c for c in runs if c.startswith("cfg:") and c != "cfg:seed" and not label(c).startswith(NON_RESULT_PREFIXES)
+    )
+    chosen: list[str] = []
+    for column in candidates:
+        if _varies(runs, column, chosen):
+            chosen.append(column)
+    return chosen
+
+
+def resolve_keys(runs: pd.DataFrame, keys: list[str]) -> list[str]:
+    """User-named keys (`model`, `model.hidden_dim`) -> columns."""
+    out = []
+    for key in keys:
+        for column in (f"choice:{key}", f"cfg:{key}"):
+            if column in runs:
+                out.append(column)
+                break
+        else:
+            raise ValueError(f"no run has a choice or config key '{key}'")
+    return out
+
+
+def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per group of completed runs: n, and mean / std / ci95 of every metric.
+
+    Runs that did not complete are left out of the means; `excluded` counts them per group.
+    """
+    done = runs[runs["status"] == "completed"]
+    by = [runs[k].astype(str) for k in keys] if keys else None
+    rows = []
+    groups = done.groupby([done[k].astype(str) for k in keys], sort=True) if keys else [((), done)]
+    excluded = (runs["status"] != "completed").groupby(by).sum() if keys else None
+    for values, group in groups:
+        values = values if isinstance(values, tuple) else (values,)
+        row: dict[str, object] = {label(k): v for k, v in zip(keys, values)}
+        n = len(group)
+        row["n"] = n
+        for m in METRICS:
+            series = pd.to_numeric(group[f"metric:{m}"], errors="coerce").dropna()
+            mean = float(series.mean()) if len(series) else math.nan
+            std = float(series.std(ddof=1)) if len(series) > 1 else math.nan
+            row[f"{m}:mean"] = mean
+            row[f"{m}:std"] = std
+            row[f"{m}:ci95"] = t95(len(series) - 1) * std / math.sqrt(len(series)) if len(series) > 1 else math.nan
+        if excluded is not None:
+            key = values if len(values) > 1 else values[0]
+            row["excluded"] = int(excluded.get(key, 0))
+        else:
+            row["excluded"] = int((runs["status"] != "completed").sum())
+        rows.append(row)
+    return pd.DataFrame(rows)

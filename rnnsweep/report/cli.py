@@ -1,0 +1,62 @@
+"""`rnnsweep-report`: tables, plots and a report from result records."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import ReportError, build
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rnnsweep-report",
+        description="Aggregate rnnsweep result records (mean ± std over seeds) into Markdown, LaTeX and CSV "
+        "tables, plots and report.md.",
+        epilog="examples:\n"
+        "  rnnsweep-report outputs/multirun/2026-11-26_10-00-00\n"
+        "  rnnsweep-report outputs/store --where model=lstm --rows topology --out paper/\n"
+        "  rnnsweep-report 'outputs/multirun/*' --cols data.variant --out outputs/report\n"
+        "  rnnsweep-report SWEEP_DIR --push-wandb      # save the W&B report written offline",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", help="sweep directories, the run store, metrics.json files or glob patterns")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="keep runs whose choice or config key has this value (repeatable)")
+    p.add_argument("--rows", help="comma-separated keys to group by (default: every key the runs differ in, seed excepted)")
+    p.add_argument("--cols", metavar="KEY", help="also print a table with one column per value of KEY")
+    p.add_argument("--metric", default="test/acc", help="metric of the --cols table (default: test/acc)")
+    p.add_argument("--out", type=Path, help="where to write (default: the input directory, if there is one)")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--push-wandb", action="store_true",
+                   help="save the W&B report spec found in the input directory (wandb_report.json) to W&B")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    out = args.out
+    if out is None and len(args.inputs) == 1 and Path(args.inputs[0]).is_dir():
+        out = Path(args.inputs[0])
+    if out is None:
+        parser().error("--out is needed when the inputs are not one directory")
+    try:
+        if args.push_wandb:
+            from .wandb_compare import push_report
+
+            print(push_report(Path(args.inputs[0])))
+            return
+        report = build(args.inputs, out, where=args.where, rows=args.rows.split(",") if args.rows else None,
+                       cols=args.cols, metric=args.metric, make_plots=not args.no_plots)
+    except (ReportError, ValueError, OSError) as ex:
+        print(f"rnnsweep-report: error: {ex}", file=sys.stderr)
+        sys.exit(2)
+    print(report.table_markdown)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"report: {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Result records on disk -> one pandas table, one row per run.
+
+Accepts sweep directories, run-store directories, single record files and glob patterns; a run
+found twice (a sweep's copy and the store's original) counts once.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+RECORD_NAME = "metrics.json"
+
+# Keys that describe how a run was watched or where it ran, never what it computed.
+NON_RESULT_PREFIXES = ("logger.", "runtime.threads", "runtime.progress", "ledger.")
+
+METRICS = ("test/acc", "test/macro_f1", "val/acc", "params", "train/seconds", "train/examples_per_s", "wall_s")
+TIMING = ("train/seconds", "train/examples_per_s", "wall_s")
+
+
+class ReportError(ValueError):
+    """Nothing to report on, or an input that is not what it claims to be."""
+
+
+def record_paths(inputs: Iterable[str]) -> list[Path]:
+    found: list[Path] = []
+    for item in inputs:
+        matches = sorted(glob.glob(item)) if any(ch in item for ch in "*?[") else [item]
+        if not matches:
+            raise ReportError(f"{item}: no file or directory matches")
+        for match in matches:
+            path = Path(match)
+            if path.is_file():
+                found.append(path)
+            elif path.is_dir():
+                found.extend(sorted(path.rglob(RECORD_NAME)))
+            else:
+                raise ReportError(f"{path}: no such file or directory")
+    return found
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, list):
+            out[f"{prefix}{key}"] = json.dumps(value)  # hashable, comparable
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def load_runs(inputs: Iterable[str]) -> tuple[pd.DataFrame, dict[str, list[dict[str, float]]]]:
+    """(runs, histories): one row per distinct run; `histories` maps a run's key to its epochs."""
+    rows, histories, seen = [], {}, set()
+    for path in record_paths(inputs):
+        try:
+            rec = json.loads(path.read_text())
+        except json.JSONDecodeError as ex:
+            raise ReportError(f"{path}: not a JSON result record ({ex.msg} at line {ex.lineno})") from ex
+        if not isinstance(rec, dict) or "status" not in rec or "config" not in rec:
+            raise ReportError(f"{path}: not an rnnsweep result record (no 'status' / 'config')")
+        key = rec.get("id") or str(path.resolve())
+        if key in seen:
+            continue
+        seen.add(key)
+        row: dict[str, Any] = {"run": key, "status": rec["status"], "path": str(path)}
+        row.update({f"choice:{k}": v for k, v in (rec.get("choices") or {}).items() if v is not None})
+        row.update({f"cfg:{k}": v for k, v in flatten(rec["config"]).items()})
+        row.update({f"metric:{k}": rec.get("metrics", {}).get(k) for k in METRICS})
+        env = rec.get("env") or {}
+        row.update({
+            "env:git_commit": env.get("git_commit"),
+            "env:rnnsweep": env.get("rnnsweep"),
+            "env:torch": env.get("torch"),
+            "env:device": env.get("device"),
+            "data:fingerprint": (rec.get("data") or {}).get("fingerprint"),
+        })
+        rows.append(row)
+        histories[key] = rec.get("history") or []
+    if not rows:
+        raise ReportError(f"no result records ({RECORD_NAME}) under: {', '.join(inputs)}")
+    runs = pd.DataFrame(rows)
+    return runs, histories
+
+
+def apply_where(runs: pd.DataFrame, where: list[str]) -> pd.DataFrame:
+    """Keep runs matching every `key=value` (a config group's choice or a dotted config key)."""
+    for cond in where:
+        key, sep, value = cond.partition("=")
+        if not sep:
+            raise ReportError(f"--where {cond}: expected key=value, e.g. model=lstm or model.hidden_dim=64")
+        column = f"choice:{key}" if f"choice:{key}" in runs else f"cfg:{key}"
+        if column not in runs:
+            raise ReportError(f"--where {cond}: no run has a choice or config key '{key}'")
+        runs = runs[runs[column].astype(str).str.lower() == value.lower()]
+    if runs.empty:
+        raise ReportError(f"no run matches --where {' '.join(where)}")
+    return runs

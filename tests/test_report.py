@@ -1,0 +1,209 @@
+"""From result records to paper tables: aggregation, exclusion, LaTeX, W&B spec, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rnnsweep.report import ReportError, build, tables
+from rnnsweep.report.aggregate import t95
+from rnnsweep.report.wandb_compare import build_report, report_spec
+
+
+def write_record(root: Path, name: str, *, model: str, seed: int, acc: float, status: str = "completed",
+                 hidden: int = 64, commit: str = "abc123", history=(0.5, 0.7)) -> Path:
+    rec = {
+        "status": status,
+        "id": f"{model}-{hidden}-{seed}",
+        "choices": {"model": model, "batching": "padded", "logger": "none"},
+        "config": {"seed": seed, "model": {"arch": model, "hidden_dim": hidden}, "batching": {"mode": "padded"},
+                   "logger": {"backend": "none"}, "runtime": {"threads": seed + 1}},
+        "metrics": {} if status != "completed" else {
+            "test/acc": acc, "test/macro_f1": acc - 0.01, "val/acc": acc, "params": 1000,
+            "train/seconds": 2.0 + seed, "train/examples_per_s": 100.0 * (seed + 1), "wall_s": 3.0},
+        "history": [{"epoch": i + 1, "val/acc": v} for i, v in enumerate(history)],
+        "env": {"git_commit": commit, "rnnsweep": "0.1.0", "torch": "2.13.0"},
+        "data": {"fingerprint": "fp1"},
+    }
+    path = root / name / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(rec))
+    return path
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    root = tmp_path / "sweep"
+    for seed, acc in enumerate((0.8, 0.9, 1.0)):
+        write_record(root, f"l{seed}", model="lstm", seed=seed, acc=acc)
+    for seed, acc in enumerate((0.5, 0.6)):
+        write_record(root, f"g{seed}", model="gru", seed=seed, acc=acc)
+    write_record(root, "g-failed", model="gru", seed=7, acc=0, status="failed")
+    write_record(root, "l-nan", model="lstm", seed=8, acc=0, status="diverged")
+    return root
+
+
+def test_means_stds_and_intervals_of_hand_made_records(sweep):
+    report = build([str(sweep)], None)
+    assert report.keys == ["model"]  # seed, threads and logger differ too, but are not swept keys
+    g = report.groups.set_index("model")
+    assert list(g.index) == ["gru", "lstm"]
+    assert g.loc["lstm", "n"] == 3 and g.loc["gru", "n"] == 2
+    assert g.loc["lstm", "test/acc:mean"] == pytest.approx(0.9)
+    assert g.loc["lstm", "test/acc:std"] == pytest.approx(0.1)
+    assert g.loc["lstm", "test/acc:ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert g.loc["gru", "test/acc:mean"] == pytest.approx(0.55)
+    assert g.loc["gru", "test/acc:std"] == pytest.approx(math.sqrt(0.005))
+    assert g.loc["gru", "excluded"] == 1 and g.loc["lstm", "excluded"] == 1
+    assert "| lstm | 3 | **90.0 ± 10.0** |" in report.table_markdown
+    assert "| gru | 2 | 55.0 ± 7.1 |" in report.table_markdown
+    assert "Excluded from the means: 1 diverged, 1 failed (listed in runs.csv)" in report.table_markdown
+    assert t95(2) == 4.303 and t95(100) == 1.96
+
+
+def test_failed_and_diverged_runs_are_listed_not_averaged(sweep, tmp_path):
+    out = tmp_path / "out"
+    build([str(sweep)], out, make_plots=False)
+    runs = (out / "runs.csv").read_text().splitlines()
+    assert len(runs) == 1 + 7
+    assert sum(",failed," in r for r in runs) == 1 and sum(",diverged," in r for r in runs) == 1
+    groups = (out / "table.csv").read_text().splitlines()
+    assert groups[0].startswith("model,n,test/acc:mean,test/acc:std,test/acc:ci95")
+    assert groups[2].startswith("lstm,3,0.9,0.1,")
+
+
+def test_outputs_and_plots_are_written(sweep, tmp_path):
+    out = tmp_path / "out"
+    report = build([str(sweep)], out)
+    names = {p.name for p in report.files}
+    assert {"report.md", "table.md", "table.tex", "table.csv", "runs.csv"} <= names
+    for plot in ("learning_curves", "test_accuracy", "accuracy_vs_time"):
+        assert {f"{plot}.png", f"{plot}.svg"} <= names
+        assert (out / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    assert "![test accuracy](test_accuracy.png)" in md and "- commits: abc123" in md
+
+
+def test_latex_is_a_booktabs_fragment_with_the_best_value_bold(sweep):
+    report = build([str(sweep)], None)
+    tex = tables.latex(report.groups, report.keys, report.runs)
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert "$\\mathbf{90.0} \\pm 10.0$" in tex  # the best test accuracy, ± in math mode
+    assert "$55.0 \\pm 7.1$" in tex
+    assert "test acc (\\%)" in tex and "1{,}000" in tex
+    assert tex.count("\\\\") == 2 + len(report.groups) + 1 - 1  # header, rows, footnote
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no LaTeX installed")
+def test_latex_fragment_compiles(sweep, tmp_path):
+    report = build([str(sweep)], tmp_path / "out", make_plots=False)
+    doc = tmp_path / "doc.tex"
+    doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}"
+                   "\\begin{table}\\input{out/table.tex}\\end{table}\\end{document}\n")
+    res = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 1000
+    assert report.keys == ["model"]
+
+
+def test_a_key_that_varies_independently_of_a_choice_becomes_a_column(tmp_path):
+    root = tmp_path / "s"
+    for i, (model, hidden) in enumerate([("lstm", 32), ("lstm", 64), ("gru", 32), ("gru", 64)]):
+        write_record(root, f"r{i}", model=model, seed=0, acc=0.5 + i / 10, hidden=hidden)
+    assert build([str(root)], None).keys == ["model", "model.hidden_dim"]
+
+
+def test_where_rows_and_cols(sweep):
+    only_lstm = build([str(sweep)], None, where=["model=lstm"])
+    assert only_lstm.keys == [] and list(only_lstm.groups["n"]) == [3]  # nothing left to tell apart
+    pooled = build([str(sweep)], None, rows=["batching"])
+    assert list(pooled.groups["n"]) == [5]
+    pivot = build([str(sweep)], None, rows=["batching"], cols="model")
+    assert "test acc (%) by model:" in pivot.table_markdown
+    assert "| padded | 55.0 ± 7.1 | 90.0 ± 10.0 |" in pivot.table_markdown
+    with pytest.raises(ReportError, match="no run has a choice or config key 'colour'"):
+        build([str(sweep)], None, where=["colour=red"])
+
+
+def test_provenance_warns_when_runs_differ_in_commit(sweep):
+    write_record(sweep, "l9", model="lstm", seed=9, acc=0.9, commit="def456-dirty")
+    report = build([str(sweep)], None)
+    assert report.provenance["commits"] == ["abc123", "def456-dirty"]
+    assert any("2 different commits" in w for w in report.warnings)
+    assert any("uncommitted changes" in w for w in report.warnings)
+
+
+def test_bad_input_is_one_clear_error(tmp_path):
+    with pytest.raises(ReportError, match="no result records"):
+        build([str(tmp_path)], None)
+    bad = tmp_path / "x" / "metrics.json"
+    bad.parent.mkdir()
+    bad.write_text("{ not json")
+    with pytest.raises(ReportError, match=r"x/metrics.json: not a JSON result record"):
+        build([str(tmp_path)], None)
+
+
+def test_wandb_report_spec_is_built_offline(sweep):
+    report = build([str(sweep)], None)
+    spec = report_spec(report, "2026-11-26_10-00-00", "rnnsweep", None)
+    assert spec["runset"] == {"name": "2026-11-26_10-00-00", "filters": "JobType = '2026-11-26_10-00-00'",
+                              "groupby": ["group"]}
+    assert spec["parallel_coordinates"] == ["config:model.arch", "summary:test/acc"]
+    assert [b["metric"] for b in spec["bar_charts"]] == ["test/acc", "test/macro_f1"]
+    json.dumps(spec)  # what is written to wandb_report.json
+    wr_report = build_report(spec)  # the wandb-workspaces object; nothing is sent until .save()
+    assert wr_report.title == "rnnsweep: 2026-11-26_10-00-00"
+    grid = wr_report.blocks[2]
+    assert grid.runsets[0].groupby == ["group"]
+    assert len(grid.panels) == 3
+
+
+def test_report_cli(sweep, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "rnnsweep.report.cli", str(sweep), "--out", str(tmp_path / "o"),
+                          "--no-plots"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "| lstm | 3 | **90.0 ± 10.0** |" in res.stdout
+    bad = subprocess.run([sys.executable, "-m", "rnnsweep.report.cli", str(tmp_path / "nope"), "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [f"rnnsweep-report: error: {tmp_path / 'nope'}: no such file or directory"]
+
+
+@pytest.mark.slow
+def test_a_sweep_ends_with_its_report_and_a_rerun_from_scratch_reproduces_the_table(tmp_path):
+    from conftest import run_cli
+    from wandb_records import read_offline_run
+
+    common = ["-m", "model=rnn,gru", "seed=0,1", "data.train_size=200", "data.test_size=60", "train.epochs=2",
+              "model.embed_dim=8", "model.hidden_dim=8", "runtime.progress=off", "runtime.device=cpu"]
+    first = run_cli([*common, "logger=wandb", f"ledger.store={tmp_path / 's1'}", f"hydra.sweep.dir={tmp_path / 'a'}"],
+                    cwd=tmp_path)
+    second = run_cli([*common, "logger=none", f"ledger.store={tmp_path / 's2'}", f"hydra.sweep.dir={tmp_path / 'b'}"],
+                     cwd=tmp_path)
+    for res, sweep in ((first, tmp_path / "a"), (second, tmp_path / "b")):
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "| model | n | test acc (%) |" in res.stdout
+        for name in ("report.md", "table.md", "table.tex", "table.csv", "runs.csv", "test_accuracy.png"):
+            assert (sweep / name).is_file(), name
+    a, b = build([str(tmp_path / "a")], None), build([str(tmp_path / "b")], None)
+    assert tables.groups_csv(a.groups, timing=False) == tables.groups_csv(b.groups, timing=False)
+    assert tables.markdown(a.groups, a.keys, a.runs, timing=False) == tables.markdown(b.groups, b.keys, b.runs, timing=False)
+
+    # logger=wandb: a sweep-level W&B run holds the comparison, and the Report spec waits offline.
+    spec = json.loads((tmp_path / "a" / "wandb_report.json").read_text())
+    assert spec["runset"]["filters"] == "JobType = 'a'"
+    (run_dir,) = (tmp_path / "a" / "wandb").glob("offline-run-*")
+    run = read_offline_run(run_dir)
+    assert run.job_type == "report" and run.group == "a"
+    assert run.summary["comparison/_type"] == "table-file" and run.summary["comparison/nrows"] == 2
+    (table_file,) = (run_dir / "files" / "media" / "table").glob("comparison_*.table.json")
+    logged = json.loads(table_file.read_text())
+    assert logged["columns"][:2] == ["model", "n"] and [r[0] for r in logged["data"]] == ["gru", "rnn"]
+    assert run.summary["plots/test_accuracy/_type"] == "image-file"
