@@ -158,6 +158,7 @@ def test_wandb_report_spec_is_built_offline(sweep):
     assert spec["parallel_coordinates"] == ["config:model.arch", "summary:test/acc"]
     assert [b["metric"] for b in spec["bar_charts"]] == ["test/acc", "test/macro_f1"]
     json.dumps(spec)  # what is written to wandb_report.json
+    pytest.importorskip("wandb_workspaces")  # the `reports` extra (part of `dev`)
     wr_report = build_report(spec)  # the wandb-workspaces object; nothing is sent until .save()
     assert wr_report.title == "rnnsweep: 2026-11-26_10-00-00"
     grid = wr_report.blocks[2]
