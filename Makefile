@@ -8,7 +8,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SWEEP  ?= outputs/multirun/demo_$(shell date +%Y-%m-%d_%H-%M-%S)
 
-.PHONY: venv run test test-fast clean
+RAY_VENV ?= .venv-ray
+
+.PHONY: venv run test test-fast test-ray bench-parallel clean
 
 venv: $(STAMP)
 
@@ -29,5 +31,18 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
+# launcher=ray in an environment of its own (hydra-ray-launcher pins cloudpickle < 3).
+$(RAY_VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(RAY_VENV)
+	$(RAY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[ray]' pytest
+	touch $@
+
+test-ray: $(RAY_VENV)/.installed
+	$(RAY_VENV)/bin/python -m pytest tests/ray --rootdir=. -p no:cacheprovider
+
+# Wall time of the 12-job grid: basic launcher vs launcher=parallel, in one run.
+bench-parallel: $(STAMP)
+	$(PY) benchmarks/parallel_sweep.py
+
 clean:
-	rm -rf $(VENV) dist build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(RAY_VENV) dist build *.egg-info .pytest_cache

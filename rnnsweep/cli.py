@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import config, job, report, runner
+from . import config
 
 log = logging.getLogger("rnnsweep")
 
@@ -37,7 +38,9 @@ def config_dir() -> str:
 config.register_schemas()
 
 
-def job_info() -> runner.JobInfo:
+def job_info():
+    from . import runner
+
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
     return runner.JobInfo(
@@ -53,31 +56,54 @@ def is_multirun() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def threads_per_job() -> int:
+    """Cores divided among the jobs that run at once, so parallel workers do not oversubscribe."""
+    cores = os.cpu_count() or 1
+    launcher = HydraConfig.get().launcher
+    target = str(launcher.get("_target_", ""))
+    if "joblib" in target:
+        n_jobs = launcher.get("n_jobs") or -1
+        workers = cores + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib's convention for negatives
+        return max(1, cores // max(1, workers))
+    if "submitit" in target:
+        return max(1, int(launcher.get("cpus_per_task") or 1))
+    if "ray" in target.lower():
+        remote = (launcher.get("ray") or {}).get("remote") or {}
+        return max(1, int(remote.get("num_cpus") or 1))
+    return 0  # in-process launcher: keep torch's default
+
+
 def store_root(store: str) -> Path:
     path = Path(store)
     return path if path.is_absolute() else Path(HydraConfig.get().runtime.cwd) / path
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
-def app(cfg: DictConfig) -> float | None:
+def app(cfg: DictConfig) -> float:
     info = job_info()
     try:
         settings = config.validate(cfg)  # fails here, before any data is loaded
     except config.ConfigError as ex:
         if is_multirun():  # one invalid combination must not end a sweep
+            from . import runner
+
             runner.record_invalid(info, str(ex))
             log.warning("%s: invalid, skipped: %s", info.name, ex)
-            return None
+            return math.nan
         # Exit from inside the job: Hydra would otherwise add its own report of the job's error.
         if os.environ.get("RNNSWEEP_FULL_ERROR") == "1":
             raise
         print(f"rnnsweep: error: {ex}", file=sys.stderr)
         raise SystemExit(2) from ex
 
+    if settings.runtime.threads == 0:
+        settings.runtime.threads = threads_per_job()
+    from . import runner  # torch: imported where jobs run, not in a launcher's parent process
+
     outcome = runner.execute(settings, info, store_root(settings.ledger.store), raise_on_failure=not is_multirun())
     if outcome["outcome"] == "plan":
         log.info("%s: would %s (run %s is %s)", info.name, outcome["action"], outcome["id"], outcome["status"])
-        return None
+        return math.nan
     record_path = info.job_dir / "metrics.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"metrics": {}, "status": outcome["status"]}
     m = record["metrics"]
@@ -90,8 +116,8 @@ def app(cfg: DictConfig) -> float | None:
             log.info("(already in the store at %s; ledger.force=true retrains)", outcome["store_dir"])
     else:
         log.warning("%s: %s -> %s", info.name, record["status"], record_path)
-    # Sweepers that optimise (e.g. Optuna) read the return value.
-    return m.get("val/acc")
+    # Sweepers that optimise (Optuna) read this; NaN marks a trial that produced no result.
+    return m.get("val/acc", math.nan)
 
 
 class SweepSummary(Callback):
@@ -99,6 +125,8 @@ class SweepSummary(Callback):
 
     @staticmethod
     def _report(sweep_dir: Path, cfg: DictConfig) -> None:
+        from . import report  # pandas and matplotlib: only the process that ends the sweep pays
+
         # A report that cannot be built must not turn a finished sweep into a failed one.
         try:
             result = report.build([str(sweep_dir)], sweep_dir)
@@ -119,6 +147,8 @@ class SweepSummary(Callback):
                 log.error("could not log the sweep comparison to W&B: %s: %s", type(ex).__name__, ex)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from . import runner
+
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = runner.read_jobs(sweep_dir)
         if not jobs:
@@ -138,6 +168,13 @@ class SweepSummary(Callback):
             raise SystemExit(2)
 
 
+# Hydra plugins behind our launcher/search presets, and the extra that installs each.
+PLUGIN_EXTRAS = {
+    "hydra/launcher": {"joblib": "parallel", "submitit_local": "slurm", "submitit_slurm": "slurm", "ray": "ray"},
+    "hydra/sweeper": {"optuna": "optuna"},
+}
+
+
 def _first_line(ex: BaseException) -> str:
     text = str(ex).strip()
     return text.splitlines()[0].strip() if text else type(ex).__name__
@@ -145,9 +182,12 @@ def _first_line(ex: BaseException) -> str:
 
 def describe(ex: BaseException) -> str:
     """One line: what is wrong and, where we know it, what is expected instead."""
-    if isinstance(ex, MissingConfigException) and ex.missing_cfg_file and ex.options:
+    if isinstance(ex, MissingConfigException) and ex.missing_cfg_file and ex.options is not None:
         group, _, option = ex.missing_cfg_file.rpartition("/")
-        return f"unknown option '{option}' for config group '{group}' (choose from: {', '.join(ex.options)})"
+        message = f"unknown option '{option}' for config group '{group}' (choose from: {', '.join(ex.options)})"
+        if group in PLUGIN_EXTRAS and option in PLUGIN_EXTRAS[group]:
+            message += f"; install its Hydra plugin: pip install 'rnnsweep[{PLUGIN_EXTRAS[group][option]}]'"
+        return message
     if isinstance(ex, OverrideParseException):
         return f"cannot parse override '{ex.override}': {_first_line(ex)}"
     parts = [_first_line(ex).removeprefix("Error merging override ")]
@@ -167,11 +207,18 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         app()
-    except (config.ConfigError, HydraException, OmegaConfBaseException, job.RunFailed) as ex:
+    except (config.ConfigError, HydraException, OmegaConfBaseException) as ex:
         if full_traces:
             raise
         print(f"rnnsweep: error: {describe(ex)}", file=sys.stderr)
-        sys.exit(2 if not isinstance(ex, job.RunFailed) else 1)
+        sys.exit(2)
+    except Exception as ex:
+        from .job import RunFailed
+
+        if full_traces or not isinstance(ex, RunFailed):
+            raise
+        print(f"rnnsweep: error: {describe(ex)}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("rnnsweep: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from conftest import TINY, group_options
 from rnnsweep import config, job
 
+# Options that select a Hydra plugin, and the plugin's module.
+PLUGINS = {
+    ("launcher", "parallel"): "hydra_plugins.hydra_joblib_launcher",
+    ("launcher", "submitit_local"): "hydra_plugins.hydra_submitit_launcher",
+    ("launcher", "slurm"): "hydra_plugins.hydra_submitit_launcher",
+    ("launcher", "ray"): "hydra_plugins.hydra_ray_launcher",
+    ("search", "optuna"): "hydra_plugins.hydra_optuna_sweeper",
+}
+
+
 @pytest.mark.parametrize("group,option", group_options(), ids=lambda v: str(v))
 def test_every_option_composes_validates_and_trains_a_step(compose_cfg, tmp_path, group, option):
+    plugin = PLUGINS.get((group, option))
+    if plugin and importlib.util.find_spec(plugin) is None:
+        pytest.skip(f"{group}={option} needs the Hydra plugin {plugin} (ray: make test-ray)")
     cfg = compose_cfg([f"{group}={option}", *TINY])
     settings = config.validate(cfg)
     record = job.run(settings, job.RunContext(out_dir=tmp_path))

@@ -1,0 +1,91 @@
+"""The same sweep on Hydra's own launcher and sweeper plugins: joblib, submitit, Optuna."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import yaml
+
+from pathlib import Path
+
+from conftest import TINY, run_cli
+from test_sweeps import jobs, start, wait_for
+from wandb_records import read_offline_run
+
+pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+
+FOUR = ["model=rnn,gru", "batching=padded,packed"]
+SMALL = [o for o in TINY if not o.startswith(("logger=", "runtime.threads"))]
+
+
+@pytest.mark.slow
+def test_parallel_launcher_runs_jobs_in_workers_with_their_own_wandb_runs(tmp_path):
+    sweep, store = tmp_path / "sweep", tmp_path / "store"
+    res = run_cli(["-m", "launcher=parallel", *FOUR, *SMALL, "logger=wandb", f"ledger.store={store}",
+                   f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Joblib.Parallel" in res.stdout  # Hydra's joblib launcher ran the jobs
+    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert [r["status"] for r in records] == ["completed"] * 4
+    workers = min(4, os.cpu_count() or 1)
+    assert {r["env"]["threads"] for r in records} == {max(1, (os.cpu_count() or 1) // workers)}
+    ids = set()
+    for r in records:
+        (run_dir,) = Path(r["wandb"]["dir"]).glob("offline-run-*")
+        run = read_offline_run(run_dir)
+        assert run.run_id == r["id"] and run.summary["test/acc"] == pytest.approx(r["metrics"]["test/acc"])
+        ids.add(run.run_id)
+    assert len(ids) == 4
+    assert (sweep / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_completes_and_an_interrupted_one_resumes(tmp_path):
+    store, sweep = tmp_path / "store", tmp_path / "sweep"
+    first = run_cli(["-m", "launcher=submitit_local", *FOUR, *SMALL, "logger=none", f"ledger.store={store}",
+                     f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert len(list(store.glob("*/metrics.json"))) == 4
+    assert all(j["status"] == "completed" for j in jobs(sweep))
+    assert list(sweep.glob(".submitit/*/*_log.out"))  # the jobs ran as submitit jobs
+
+    store2, sweep2 = tmp_path / "store2", tmp_path / "sweep2"
+    args = ["-m", "launcher=submitit_local", *FOUR, "data.train_size=2000", "data.test_size=100", "train.epochs=4",
+            "model.embed_dim=16", "model.hidden_dim=16", "runtime.progress=off", "logger=none",
+            f"ledger.store={store2}", f"hydra.sweep.dir={sweep2}"]
+    proc = start(args, tmp_path)
+    wait_for(lambda: any(store2.glob("*/checkpoint.pt")), proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # submitit's local jobs are in the sweep's process group
+    proc.wait()
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    outcomes = [j["outcome"] for j in jobs(sweep2)]
+    assert "resumed" in outcomes and all(j["status"] == "completed" for j in jobs(sweep2))
+    assert len(list(store2.iterdir())) == 4 and not list(store2.glob("*/checkpoint.pt"))
+
+
+@pytest.mark.slow
+def test_optuna_search_reports_its_best_trial_and_reuses_the_store(tmp_path):
+    store, sweep = tmp_path / "store", tmp_path / "sweep"
+    searched = [o for o in SMALL if not o.startswith("model.hidden_dim")]  # a fixed value would not be searched
+    args = ["-m", "search=optuna", "hydra.sweeper.n_trials=8", "hydra.sweeper.n_jobs=2", *searched, "train.epochs=2",
+            "logger=none", f"ledger.store={store}", f"hydra.sweep.dir={sweep}"]
+    res = run_cli(args, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"optimizer.lr", "model.hidden_dim", "topology.num_layers", "topology.dropout"}
+    records = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
+    assert len(records) == 8
+    assert best["best_value"] == pytest.approx(max(r["metrics"]["val/acc"] for r in records))
+    trained = len(list(store.iterdir()))
+
+    again = run_cli(args[:-1] + [f"hydra.sweep.dir={tmp_path / 'again'}"], cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert {j["outcome"] for j in jobs(tmp_path / "again")} == {"skipped"}  # same seed, same trials
+    assert len(list(store.iterdir())) == trained
+    assert yaml.safe_load((tmp_path / "again" / "optimization_results.yaml").read_text())["best_value"] == best["best_value"]
