@@ -21,15 +21,19 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from . import __version__
-from .tracking import RECORD_NAME
 
 # Keys that cannot change what a run computes: how it is watched, how many threads share the
 # work, and where things are written. Dotted prefixes.
 NON_RESULT_KEYS = ("logger", "runtime.threads", "runtime.progress", "ledger")
 
-RECORD = RECORD_NAME
+RECORD = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
 LOCK = ".lock"
+
+
+def is_result_key(dotted: str) -> bool:
+    """False for keys that cannot change what a run computes (see NON_RESULT_KEYS)."""
+    return not any(dotted == k or dotted.startswith(f"{k}.") for k in NON_RESULT_KEYS)
 
 
 def _without(config: dict[str, Any], dotted: tuple[str, ...], prefix: str = "") -> dict[str, Any]:

@@ -18,11 +18,12 @@ from typing import Any
 import torch
 
 from . import __version__
+from .ledger import RECORD
 from .wandb_mode import resolve_wandb_mode
 
 log = logging.getLogger(__name__)
 
-RECORD_NAME = "metrics.json"
+RECORD_NAME = RECORD  # the ledger names the files of a run
 
 
 def write_record(directory: Path, record: dict[str, Any]) -> Path:

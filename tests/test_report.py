@@ -208,3 +208,9 @@ def test_a_sweep_ends_with_its_report_and_a_rerun_from_scratch_reproduces_the_ta
     logged = json.loads(table_file.read_text())
     assert logged["columns"][:2] == ["model", "n"] and [r[0] for r in logged["data"]] == ["gru", "rnn"]
     assert run.summary["plots/test_accuracy/_type"] == "image-file"
+
+
+def test_the_report_imports_nothing_from_training():
+    code = "import sys, rnnsweep.report.cli; print(sorted(m for m in ('torch', 'hydra', 'rnnsweep.job') if m in sys.modules))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr

@@ -6,7 +6,8 @@ import math
 
 import pandas as pd
 
-from .records import METRICS, NON_RESULT_PREFIXES
+from ..ledger import is_result_key
+from .records import METRICS
 
 # Choices are read before raw config keys, in this order; a column that the columns already
 # chosen determine (model.arch once `model` is a column) adds nothing and is left out.
@@ -38,7 +39,7 @@ def swept_columns(runs: pd.DataFrame) -> list[str]:
     candidates = [f"choice:{g}" for g in CHOICE_ORDER if f"choice:{g}" in runs]
     candidates += sorted(c for c in runs if c.startswith("choice:") and c not in candidates)
     candidates += sorted(
-        c for c in runs if c.startswith("cfg:") and c != "cfg:seed" and not label(c).startswith(NON_RESULT_PREFIXES)
+        c for c in runs if c.startswith("cfg:") and c != "cfg:seed" and is_result_key(label(c))
     )
     chosen: list[str] = []
     for column in candidates:

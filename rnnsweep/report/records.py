@@ -13,10 +13,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-RECORD_NAME = "metrics.json"
-
-# Keys that describe how a run was watched or where it ran, never what it computed.
-NON_RESULT_PREFIXES = ("logger.", "runtime.threads", "runtime.progress", "ledger.")
+from ..ledger import RECORD as RECORD_NAME
 
 METRICS = ("test/acc", "test/macro_f1", "val/acc", "params", "train/seconds", "train/examples_per_s", "wall_s")
 TIMING = ("train/seconds", "train/examples_per_s", "wall_s")
