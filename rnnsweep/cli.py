@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -123,13 +124,20 @@ def app(cfg: DictConfig) -> float:
 class SweepSummary(Callback):
     """At the end of a multirun: what every job did, the report, and a non-zero exit if any failed."""
 
+    def __init__(self) -> None:
+        self.started: float | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.started = time.time()
+
     @staticmethod
-    def _report(sweep_dir: Path, cfg: DictConfig) -> None:
+    def _report(sweep_dir: Path, cfg: DictConfig, jobs: list[dict]) -> None:
         from . import report  # pandas and matplotlib: only the process that ends the sweep pays
 
+        records = [str(p) for p in (Path(j["job_dir"]) / "metrics.json" for j in jobs) if p.is_file()]
         # A report that cannot be built must not turn a finished sweep into a failed one.
         try:
-            result = report.build([str(sweep_dir)], sweep_dir)
+            result = report.build(records, sweep_dir)
         except Exception as ex:  # noqa: BLE001
             log.error("could not build the sweep report: %s: %s", type(ex).__name__, ex)
             return
@@ -150,14 +158,14 @@ class SweepSummary(Callback):
         from . import runner
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = runner.read_jobs(sweep_dir)
+        jobs = runner.read_jobs(sweep_dir, since=self.started)
         if not jobs:
             return
         text = runner.summarize(jobs)
         (sweep_dir / "summary.txt").write_text(text + "\n")
         print(f"\nSweep summary ({sweep_dir}):\n{text}", flush=True)
         if not config.ledger.plan and any(j["status"] == "completed" for j in jobs):
-            self._report(sweep_dir, config)
+            self._report(sweep_dir, config, jobs)
         failed = [j for j in jobs if j["outcome"] == "failed"]
         if failed and config.ledger.fail_on_error:
             print(f"rnnsweep: error: {len(failed)} job(s) failed (logs and records above; "

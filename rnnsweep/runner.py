@@ -124,10 +124,16 @@ def execute(settings: RootConfig, info: JobInfo, store_root: Path, *, raise_on_f
     return write_job_file(info, outcome=outcome, status=record["status"], **common)
 
 
-def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
-    """The job.json of every job under a sweep directory, in job-number order."""
+def read_jobs(sweep_dir: Path, since: float | None = None) -> list[dict[str, Any]]:
+    """The job.json of every job under a sweep directory, in job-number order.
+
+    `since` (a time.time() value) leaves out files older than the sweep: a sweep directory
+    given explicitly may hold the jobs of an earlier, larger sweep.
+    """
     jobs = []
     for path in sweep_dir.glob(f"*/{JOB_FILE}"):
+        if since is not None and path.stat().st_mtime < since:
+            continue
         payload = json.loads(path.read_text())
         payload["num"] = path.parent.name
         jobs.append(payload)

@@ -142,3 +142,15 @@ def test_a_resumed_run_continues_its_offline_wandb_run(tmp_path):
     assert runs[-1].summary["test/acc"] == pytest.approx(record["metrics"]["test/acc"])
     epochs = [h["epoch"] for h in runs[-1].history if "val/acc" in h]
     assert epochs == list(range(record["resumed_from_epoch"] + 1, 5))
+
+
+@pytest.mark.slow
+def test_a_sweep_dir_used_again_reports_only_the_new_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    small = ["data.train_size=120", "data.test_size=40", "train.epochs=1", "logger=none", "runtime.progress=off",
+             f"hydra.sweep.dir={sweep}"]
+    assert run_cli(["-m", "model=rnn,gru,lstm", *small], cwd=tmp_path).returncode == 0
+    second = run_cli(["-m", "model=bow", *small], cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "1 completed (1 jobs)" in second.stdout  # jobs 1 and 2 of the first sweep are not this sweep's
+    assert (sweep / "runs.csv").read_text().count("\n") == 2  # header + the one run

@@ -100,11 +100,19 @@ def build(
     return report
 
 
+def _describe_inputs(inputs: list[str]) -> str:
+    if len(inputs) <= 3:
+        return ", ".join(inputs)
+    parents = {str(Path(i).parent.parent) for i in inputs}
+    return f"{len(inputs)} records under {parents.pop()}" if len(parents) == 1 else f"{len(inputs)} inputs"
+
+
 def _report_markdown(report: Report, inputs: list[str], figures: list[Path]) -> str:
     lines = [
         "# rnnsweep report",
         "",
-        f"{len(report.runs)} runs from {', '.join(inputs)}; grouped by {', '.join(report.keys) or 'nothing (one group)'}.",
+        f"{len(report.runs)} runs from {_describe_inputs(inputs)}; "
+        f"grouped by {', '.join(report.keys) or 'nothing (one group)'}.",
         f"Written {datetime.now(timezone.utc).isoformat(timespec='seconds')}.",
         "",
         "## Results",
