@@ -110,11 +110,11 @@ def execute(settings: RootConfig, info: JobInfo, store_root: Path, *, raise_on_f
                 record = job.run(settings, ctx)
             except job.RunFailed as ex:
                 _copy_record(entry, info)
-                write_job_file(info, outcome="failed", status="failed", error=str(ex), **common)
+                failed = write_job_file(info, outcome="failed", status="failed", error=str(ex), **common)
                 if raise_on_failure:
                     raise
                 log.error("%s: %s", info.name, ex)
-                return json.loads((info.job_dir / JOB_FILE).read_text())
+                return failed
     except Timeout:
         log.warning("%s: run %s is in progress in another process; not starting it twice", info.name, run_id)
         return write_job_file(info, outcome="busy", status="running", **common)

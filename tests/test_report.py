@@ -17,7 +17,7 @@ from rnnsweep.report.wandb_compare import build_report, report_spec
 
 
 def write_record(root: Path, name: str, *, model: str, seed: int, acc: float, status: str = "completed",
-                 hidden: int = 64, commit: str = "abc123", history=(0.5, 0.7)) -> Path:
+                 hidden: int = 64, commit: str = "abc123", history=(0.5, 0.7), fingerprint: str = "fp1") -> Path:
     rec = {
         "status": status,
         "id": f"{model}-{hidden}-{seed}",
@@ -29,7 +29,7 @@ def write_record(root: Path, name: str, *, model: str, seed: int, acc: float, st
             "train/seconds": 2.0 + seed, "train/examples_per_s": 100.0 * (seed + 1), "wall_s": 3.0},
         "history": [{"epoch": i + 1, "val/acc": v} for i, v in enumerate(history)],
         "env": {"git_commit": commit, "rnnsweep": "0.1.0", "torch": "2.13.0"},
-        "data": {"fingerprint": "fp1"},
+        "data": {"fingerprint": fingerprint},
     }
     path = root / name / "metrics.json"
     path.parent.mkdir(parents=True)
@@ -138,6 +138,9 @@ def test_provenance_warns_when_runs_differ_in_commit(sweep):
     assert report.provenance["commits"] == ["abc123", "def456-dirty"]
     assert any("2 different commits" in w for w in report.warnings)
     assert any("uncommitted changes" in w for w in report.warnings)
+    assert not any("different data" in w for w in report.warnings)
+    write_record(sweep, "l10", model="lstm", seed=10, acc=0.9, fingerprint="fp2")
+    assert any("different data" in w for w in build([str(sweep)], None).warnings)
 
 
 def test_bad_input_is_one_clear_error(tmp_path):

@@ -37,9 +37,7 @@ def provenance(runs: pd.DataFrame, keys: list[str]) -> tuple[dict[str, list[str]
         values = sorted({str(v) for v in runs[column].dropna()}) if column in runs else []
         facts[what] = values
         if column == "data:fingerprint":
-            within = runs.groupby([runs[k].astype(str) for k in keys])[column].nunique() if keys else \
-                pd.Series([runs[column].nunique()])
-            if (within > 1).any():
+            if any(group[column].nunique() > 1 for _, group in aggregate.groups_of(runs, keys)):
                 warnings.append("runs averaged together were trained on different data (data fingerprints differ)")
         elif len(values) > 1:
             warnings.append(f"the runs come from {len(values)} different {what}: {', '.join(values)}")

@@ -61,32 +61,30 @@ def resolve_keys(runs: pd.DataFrame, keys: list[str]) -> list[str]:
     return out
 
 
+def groups_of(frame: pd.DataFrame, keys: list[str]):
+    """(values tuple, rows) per group of `frame` by `keys`, sorted; one group of all rows if no keys."""
+    if not keys:
+        return [((), frame)]
+    return [(v if isinstance(v, tuple) else (v,), g)
+            for v, g in frame.groupby([frame[k].astype(str) for k in keys], sort=True)]
+
+
 def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """One row per group of completed runs: n, and mean / std / ci95 of every metric.
 
     Runs that did not complete are left out of the means; `excluded` counts them per group.
     """
-    done = runs[runs["status"] == "completed"]
-    by = [runs[k].astype(str) for k in keys] if keys else None
+    not_done = {values: int((group["status"] != "completed").sum()) for values, group in groups_of(runs, keys)}
     rows = []
-    groups = done.groupby([done[k].astype(str) for k in keys], sort=True) if keys else [((), done)]
-    excluded = (runs["status"] != "completed").groupby(by).sum() if keys else None
-    for values, group in groups:
-        values = values if isinstance(values, tuple) else (values,)
+    for values, group in groups_of(runs[runs["status"] == "completed"], keys):
         row: dict[str, object] = {label(k): v for k, v in zip(keys, values)}
-        n = len(group)
-        row["n"] = n
+        row["n"] = len(group)
         for m in METRICS:
             series = pd.to_numeric(group[f"metric:{m}"], errors="coerce").dropna()
-            mean = float(series.mean()) if len(series) else math.nan
             std = float(series.std(ddof=1)) if len(series) > 1 else math.nan
-            row[f"{m}:mean"] = mean
+            row[f"{m}:mean"] = float(series.mean()) if len(series) else math.nan
             row[f"{m}:std"] = std
             row[f"{m}:ci95"] = t95(len(series) - 1) * std / math.sqrt(len(series)) if len(series) > 1 else math.nan
-        if excluded is not None:
-            key = values if len(values) > 1 else values[0]
-            row["excluded"] = int(excluded.get(key, 0))
-        else:
-            row["excluded"] = int((runs["status"] != "completed").sum())
+        row["excluded"] = not_done[values]
         rows.append(row)
     return pd.DataFrame(rows)

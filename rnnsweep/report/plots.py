@@ -9,16 +9,14 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from .aggregate import groups_of  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 # Reproducible SVGs: no creation date, a fixed id salt.
 plt.rcParams["svg.hashsalt"] = "rnnsweep"
 _METADATA = {"svg": {"Date": None}, "png": {"Software": None}}
-
-
-def _group_label(row: pd.Series, keys: list[str]) -> str:
-    return ", ".join(f"{k}={row[k]}" for k in keys) if keys else "all runs"
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
@@ -35,15 +33,13 @@ def learning_curves(runs: pd.DataFrame, histories: dict, keys: list[str], out_di
     """Validation accuracy per epoch: the mean over seeds, with a band from min to max."""
     done = runs[runs["status"] == "completed"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    groups = done.groupby([done[k].astype(str) for k in keys], sort=True) if keys else [((), done)]
-    for values, group in groups:
+    for values, group in groups_of(done, keys):
         curves = [[h["val/acc"] for h in histories[r]] for r in group["run"]]
         length = min(len(c) for c in curves)
         if length == 0:
             continue
         stack = np.array([c[:length] for c in curves]) * 100
         epochs = np.arange(1, length + 1)
-        values = values if isinstance(values, tuple) else (values,)
         name = ", ".join(values) if keys else "all runs"
         line, = ax.plot(epochs, stack.mean(axis=0), marker="o", ms=3, label=name)
         if len(stack) > 1:
@@ -74,9 +70,7 @@ def accuracy_bars(agg: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Pat
 def accuracy_vs_time(runs: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
     done = runs[runs["status"] == "completed"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    groups = done.groupby([done[k].astype(str) for k in keys], sort=True) if keys else [((), done)]
-    for values, group in groups:
-        values = values if isinstance(values, tuple) else (values,)
+    for values, group in groups_of(done, keys):
         ax.scatter(group["metric:train/seconds"], group["metric:test/acc"] * 100, s=18,
                    label=", ".join(values) if keys else "all runs")
     ax.set_xlabel("training time (s)")
