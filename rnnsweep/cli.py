@@ -50,6 +50,7 @@ def job_info():
         sweep=Path(hc.sweep.dir).name if is_multirun() else None,
         choices={k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/") and k != "rnnsweep_schema"},
         overrides=overrides,
+        base_dir=Path(hc.runtime.cwd),
     )
 
 
@@ -221,12 +222,13 @@ def main() -> None:
         print(f"rnnsweep: error: {describe(ex)}", file=sys.stderr)
         sys.exit(2)
     except Exception as ex:
+        from .data import DataError
         from .job import RunFailed
 
-        if full_traces or not isinstance(ex, RunFailed):
+        if full_traces or not isinstance(ex, (RunFailed, DataError)):
             raise
         print(f"rnnsweep: error: {describe(ex)}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(1 if isinstance(ex, RunFailed) else 2)
     except KeyboardInterrupt:
         print("rnnsweep: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -60,6 +60,19 @@ class SyntheticVariant(Enum):
     long_range = "long_range"
 
 
+class TokenizerName(Enum):
+    basic_english = "basic_english"
+    wordpiece = "wordpiece"
+    bpe = "bpe"
+
+
+class DataFormat(Enum):
+    auto = "auto"  # from the file name: .csv, .tsv, .jsonl
+    csv = "csv"
+    tsv = "tsv"
+    jsonl = "jsonl"
+
+
 class Device(Enum):
     auto = "auto"
     cpu = "cpu"
@@ -145,6 +158,65 @@ class SyntheticDataConfig:
 
 
 @dataclass
+class AgNewsDataConfig:
+    name: str = "ag_news"
+    root: Optional[str] = None  # null: <runtime.cache_dir>/ag_news
+    download: bool = True
+    clean: bool = True  # undo the dataset's escapes ('\\' line breaks, '#36;' entities)
+    train_url: str = "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv/train.csv"
+    test_url: str = "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv/test.csv"
+    train_md5: str = "b1a00f826fdfbd249f79597b59e1dc12"
+    test_md5: str = "d52ea96a97a2d943681189a97654912d"
+    val_fraction: float = 0.05
+    limit: Optional[int] = None
+    drop_empty: bool = True
+    seed: int = 1234
+
+
+@dataclass
+class TableDataConfig:
+    name: str = "csv"
+    train: str = MISSING
+    test: Optional[str] = None  # null: test_fraction of train is held out as the test split
+    format: DataFormat = DataFormat.auto
+    text_columns: List[str] = field(default_factory=lambda: ["text"])
+    label_column: str = "label"
+    header: bool = True  # without one, name columns by position: text_columns=[1,2] label_column=0
+    label_offset: int = 0  # integer labels: the value of the first class (1 for labels 1..K)
+    classes: Optional[List[str]] = None  # class names in index order; null: taken from train
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    limit: Optional[int] = None
+    drop_empty: bool = True
+    seed: int = 1234
+
+
+@dataclass
+class HfDataConfig:
+    name: str = "hf"
+    dataset: str = MISSING  # a hub name ("ag_news") or a local directory of files
+    subset: Optional[str] = None
+    revision: Optional[str] = None
+    train_split: str = "train"
+    test_split: Optional[str] = "test"  # null: test_fraction of train is held out
+    text_columns: List[str] = field(default_factory=lambda: ["text"])
+    label_column: str = "label"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    limit: Optional[int] = None
+    drop_empty: bool = True
+    seed: int = 1234
+
+
+@dataclass
+class TokenizerConfig:
+    name: TokenizerName = TokenizerName.basic_english
+    min_freq: int = 1  # fewer occurrences in the training split: <unk> (subword: not merged)
+    max_vocab: Optional[int] = None  # including <pad> and <unk>; subword tokenizers need one
+    lowercase: bool = True  # subword tokenizers; basic_english always lowercases
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 5
     batch_size: int = 32
@@ -157,6 +229,7 @@ class RuntimeConfig:
     device: Device = Device.auto
     threads: int = 0  # 0: leave torch's default (all cores)
     progress: Progress = Progress.auto
+    cache_dir: Optional[str] = None  # encoded data and downloads; null: $RNNSWEEP_CACHE_DIR or ~/.cache/rnnsweep
 
 
 @dataclass
@@ -188,6 +261,7 @@ class RootConfig:
     # `name` selects (OPTIMIZERS, DATA_SOURCES) by `validate`.
     optimizer: Any = MISSING
     data: Any = MISSING
+    tokenizer: TokenizerConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     logger: LoggerConfig = MISSING
@@ -195,7 +269,12 @@ class RootConfig:
 
 
 OPTIMIZERS = {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig}
-DATA_SOURCES = {"synthetic": SyntheticDataConfig}
+DATA_SOURCES = {
+    "synthetic": SyntheticDataConfig,
+    "ag_news": AgNewsDataConfig,
+    "csv": TableDataConfig,
+    "hf": HfDataConfig,
+}
 
 
 def to_plain(value: Any) -> Any:
@@ -289,7 +368,24 @@ def validate(cfg: DictConfig) -> RootConfig:
     if isinstance(d, SyntheticDataConfig):
         _require(d.train_size >= 10, "data.train_size", d.train_size, "must be at least 10")
         _require(d.test_size >= 1, "data.test_size", d.test_size, "must be at least 1")
-        _require(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
+    _require(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
+    if hasattr(d, "test_fraction"):
+        _require(0.0 < d.test_fraction < 1.0, "data.test_fraction", d.test_fraction, "must be in (0, 1)")
+    if getattr(d, "limit", None) is not None:
+        _require(d.limit >= 10, "data.limit", d.limit, "must be at least 10 rows, or null for all")
+    if isinstance(d, (TableDataConfig, HfDataConfig)):
+        _require(len(d.text_columns) >= 1, "data.text_columns", list(d.text_columns), "must name at least one column")
+    tk = root.tokenizer
+    _require(tk.min_freq >= 1, "tokenizer.min_freq", tk.min_freq, "must be at least 1")
+    if tk.max_vocab is not None:
+        _require(tk.max_vocab >= 3, "tokenizer.max_vocab", tk.max_vocab,
+                 "must be at least 3 (<pad>, <unk> and one token), or null for no limit")
+    _require(
+        tk.lowercase or tk.name is not TokenizerName.basic_english,
+        "tokenizer.lowercase",
+        "false",
+        "basic_english always lowercases (torchtext's rules); use tokenizer=wordpiece or bpe to keep case",
+    )
 
     if m.arch is Arch.bow:
         # No recurrence: the recurrent knobs would be silently ignored, so refuse them.

@@ -22,10 +22,18 @@ import torch
 
 from . import checkpoint, tracking
 from . import data as data_sources
-from .config import LoggerBackend, Progress, RootConfig, SyntheticDataConfig, to_plain
-from .data import batches
-from . import ledger
-from .data import synthetic
+from .config import (
+    AgNewsDataConfig,
+    HfDataConfig,
+    LoggerBackend,
+    Progress,
+    RootConfig,
+    SyntheticDataConfig,
+    TableDataConfig,
+    to_plain,
+)
+from .data import batches, sources
+from .data.pipeline import SplitOptions, TokenizerOptions
 from .ledger import CHECKPOINT
 from .model import TextClassifier, count_parameters
 from .train import Diverged, evaluate, fit, make_optimizer
@@ -55,6 +63,7 @@ class RunContext:
     wandb_id: str | None = None  # W&B run id; a resumed run reuses it
     resume: bool = False  # continue from out_dir's checkpoint, if one can be read
     keep_checkpoint: bool = False  # keep the last epoch's checkpoint after the run ends
+    base_dir: Path = field(default_factory=Path.cwd)  # relative data paths start here
 
 
 def seed_everything(seed: int) -> None:
@@ -71,24 +80,62 @@ def pick_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def load_data(cfg: RootConfig) -> data_sources.Splits:
+def cache_dir(cfg: RootConfig, base_dir: Path) -> Path:
+    if cfg.runtime.cache_dir is None:
+        return sources.default_cache_dir()
+    return base_dir / Path(cfg.runtime.cache_dir).expanduser()
+
+
+def data_source(cfg: RootConfig, base_dir: Path) -> "data_sources.pipeline.Source":
+    """The configured source, with relative paths taken from `base_dir`."""
     d = cfg.data
+
+    def path(value: str) -> Path:
+        return base_dir / Path(value).expanduser()
+
     if isinstance(d, SyntheticDataConfig):
-        return data_sources.load_synthetic(d.variant.value, d.train_size, d.test_size, d.val_fraction, d.seed)
+        return sources.Synthetic(variant=d.variant.value, train_size=d.train_size, test_size=d.test_size, seed=d.seed)
+    if isinstance(d, AgNewsDataConfig):
+        root = path(d.root) if d.root is not None else cache_dir(cfg, base_dir) / "ag_news"
+        return sources.AgNews(root=root, download=d.download, urls={"train": d.train_url, "test": d.test_url},
+                              md5={"train": d.train_md5, "test": d.test_md5}, clean=d.clean, drop_empty=d.drop_empty)
+    if isinstance(d, TableDataConfig):
+        return sources.Table(train=path(d.train), test=path(d.test) if d.test is not None else None,
+                             fmt=d.format.value, text_columns=d.text_columns, label_column=d.label_column,
+                             header=d.header, label_offset=d.label_offset, classes=d.classes, drop_empty=d.drop_empty)
+    if isinstance(d, HfDataConfig):
+        local = path(d.dataset)
+        return sources.HuggingFace(dataset=str(local) if local.exists() else d.dataset, subset=d.subset,
+                                   revision=d.revision, train_split=d.train_split, test_split=d.test_split,
+                                   text_columns=d.text_columns, label_column=d.label_column, drop_empty=d.drop_empty)
     raise ValueError(f"no loader for data={d.name}")
 
 
-def data_fingerprint(cfg: RootConfig) -> str:
+def split_options(cfg: RootConfig) -> SplitOptions:
     d = cfg.data
-    if isinstance(d, SyntheticDataConfig):
-        return ledger.data_fingerprint(to_plain(d), synthetic.GENERATOR_VERSION)
-    raise ValueError(f"no fingerprint for data={d.name}")
+    return SplitOptions(val_fraction=d.val_fraction, test_fraction=getattr(d, "test_fraction", 0.1),
+                        limit=getattr(d, "limit", None), seed=d.seed)
+
+
+def tokenizer_options(cfg: RootConfig) -> TokenizerOptions:
+    t = cfg.tokenizer
+    return TokenizerOptions(name=t.name.value, min_freq=t.min_freq, max_vocab=t.max_vocab, lowercase=t.lowercase)
+
+
+def load_data(cfg: RootConfig, base_dir: Path, progress: bool = False) -> data_sources.Splits:
+    return data_sources.prepare(data_source(cfg, base_dir), split_options(cfg), tokenizer_options(cfg),
+                                cache_dir(cfg, base_dir), progress=progress)
+
+
+def data_fingerprint(cfg: RootConfig, base_dir: Path | None = None) -> str:
+    """The content the run trains on (file checksums, generator version) and how it is split."""
+    return data_sources.data_fingerprint(data_source(cfg, base_dir or Path.cwd()), split_options(cfg))
 
 
 def build_model(cfg: RootConfig, splits: data_sources.Splits) -> TextClassifier:
     m, t = cfg.model, cfg.topology
     return TextClassifier(
-        len(splits.vocab),
+        splits.vocab_size,
         splits.num_classes,
         arch=m.arch.value,
         embed_dim=m.embed_dim,
@@ -167,15 +214,21 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
     try:
         device = pick_device(cfg.runtime.device.value)
         record["env"] = tracking.environment(device, torch.get_num_threads())
-        splits = load_data(cfg)
+        splits = load_data(cfg, ctx.base_dir, progress)
+        meta = splits.meta
         record["data"] = {
             "name": cfg.data.name,
             "classes": list(splits.class_names),
             "train": len(splits.train),
             "val": len(splits.val),
             "test": len(splits.test),
-            "vocab_size": len(splits.vocab),
-            "fingerprint": data_fingerprint(cfg),
+            "vocab_size": splits.vocab_size,
+            "fingerprint": meta["fingerprint"],
+            "label_mapping": meta.get("label_mapping"),
+            "dropped_empty": meta.get("dropped_empty", {}),
+            "warnings": meta.get("warnings", []),
+            "tokens": meta.get("tokens", {}),
+            "cache": str(splits.directory),
         }
         model = build_model(cfg, splits).to(device)
         optimizer = build_optimizer(cfg, model)

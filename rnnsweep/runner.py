@@ -18,6 +18,7 @@ from filelock import Timeout
 
 from . import job, ledger, tracking
 from .config import RootConfig, to_plain
+from .data import DataError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class JobInfo:
     sweep: str | None = None  # the sweep's name (its directory) in a multirun, else None
     choices: dict[str, str] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
+    base_dir: Path = field(default_factory=Path.cwd)  # where rnnsweep was started: relative paths start here
 
 
 def readable_group(choices: dict[str, str], group_id: str) -> str:
@@ -64,7 +66,14 @@ def _copy_record(entry: ledger.Entry, info: JobInfo) -> None:
 def execute(settings: RootConfig, info: JobInfo, store_root: Path, *, raise_on_failure: bool) -> dict[str, Any]:
     """Do what the ledger says for this job; returns (and writes) its job.json payload."""
     plain = to_plain(settings)
-    run_id, group_id = ledger.run_identity(plain, job.data_fingerprint(settings))
+    try:
+        fingerprint = job.data_fingerprint(settings, info.base_dir)
+    except DataError as ex:  # e.g. a data file that does not exist: nothing to identify, nothing to run
+        if raise_on_failure:
+            raise
+        log.error("%s: %s", info.name, ex)
+        return write_job_file(info, outcome="failed", status="failed", error=f"DataError: {ex}")
+    run_id, group_id = ledger.run_identity(plain, fingerprint)
     entry = ledger.Store(store_root).entry(run_id)
     status = entry.status()
     action = ledger.decide(status, settings.ledger.force, entry.checkpoint_path.is_file())
@@ -105,6 +114,7 @@ def execute(settings: RootConfig, info: JobInfo, store_root: Path, *, raise_on_f
                 wandb_id=run_id if attempt == 1 else f"{run_id}-{attempt}",
                 resume=action == "resume",
                 keep_checkpoint=settings.ledger.keep_checkpoint,
+                base_dir=info.base_dir,
             )
             try:
                 record = job.run(settings, ctx)

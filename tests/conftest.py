@@ -35,6 +35,14 @@ def compose_config(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache(tmp_path_factory):
+    """One encoded-data cache for the whole session (never the user's ~/.cache), as a sweep shares one."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["RNNSWEEP_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture
 def compose_cfg():
     return compose_config

@@ -37,7 +37,8 @@ def test_help_lists_the_config_groups(tmp_path):
     res = run_cli(["--help"], cwd=tmp_path)
     assert res.returncode == 0
     for line in ("model: bow, gru, lstm, rnn", "batching: packed, padded", "topology: bi, deep, deep_bi, uni",
-                 "optimizer: adam, adamw, sgd", "data: synthetic", "logger: none, wandb", "experiment: paper_grid, seed_notebook"):
+                 "optimizer: adam, adamw, sgd", "data: ag_news, csv, hf, synthetic",
+                     "tokenizer: basic_english, bpe, wordpiece", "logger: none, wandb", "experiment: paper_grid, seed_notebook"):
         assert line in res.stdout
     assert "rnnsweep -m model=rnn,lstm,gru" in res.stdout
 

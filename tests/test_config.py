@@ -7,6 +7,7 @@ import importlib.util
 import pytest
 
 from conftest import TINY, group_options
+from datafiles import write_ag_news, write_jsonl
 from rnnsweep import config, job
 
 # Options that select a Hydra plugin, and the plugin's module.
@@ -19,12 +20,33 @@ PLUGINS = {
 }
 
 
+def data_files(option: str, directory) -> list[str]:
+    """Overrides that point a file-based data option at small files of its format."""
+    if option == "ag_news":
+        return [f"data.root={write_ag_news(directory)}", "data.download=false"]
+    directory.mkdir(parents=True)
+    write_jsonl(directory / "train.jsonl", 300, seed=0)
+    write_jsonl(directory / "test.jsonl", 60, seed=1)
+    if option == "csv":
+        return [f"data.train={directory / 'train.jsonl'}", f"data.test={directory / 'test.jsonl'}"]
+    if option == "hf":
+        pytest.importorskip("datasets")
+        return [f"data.dataset={directory}"]
+    raise AssertionError(f"no fixture for data={option}")
+
+
 @pytest.mark.parametrize("group,option", group_options(), ids=lambda v: str(v))
 def test_every_option_composes_validates_and_trains_a_step(compose_cfg, tmp_path, group, option):
     plugin = PLUGINS.get((group, option))
     if plugin and importlib.util.find_spec(plugin) is None:
         pytest.skip(f"{group}={option} needs the Hydra plugin {plugin} (ray: make test-ray)")
-    cfg = compose_cfg([f"{group}={option}", *TINY])
+    overrides = [f"{group}={option}", *TINY]
+    if group == "data" and option != "synthetic":
+        overrides = [o for o in overrides if not o.startswith(("data.train_size", "data.test_size"))]
+        overrides += data_files(option, tmp_path / "data")
+    if group == "tokenizer" and option != "basic_english":
+        pytest.importorskip("tokenizers")
+    cfg = compose_cfg(overrides)
     settings = config.validate(cfg)
     record = job.run(settings, job.RunContext(out_dir=tmp_path))
     assert record["status"] == "completed", record["error"]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
 import torch
 
-from rnnsweep.data import load_synthetic, stratified_split, synthetic
+from rnnsweep.data import EncodedTexts, SplitOptions, TokenizerOptions, prepare, stratified_split, synthetic
 from rnnsweep.data.batches import collate, iterate, num_batches
-from rnnsweep.data.vocab import PAD_ID, UNK_ID, EncodedTexts, Vocabulary
+from rnnsweep.data.sources import Synthetic
+from rnnsweep.data.tokenization import PAD_ID, UNK_ID, word_vocabulary
 
 
 def test_synthetic_is_deterministic_balanced_and_follows_its_rule():
@@ -50,10 +52,14 @@ def test_long_range_variant_names_the_label_early_in_a_long_text():
         assert len(later) >= 2 and label not in later
 
 
-def test_vocabulary_has_fixed_special_ids_and_maps_unknown_words():
-    vocab = Vocabulary.build(["b a a", "c a"])
-    assert vocab.tokens[:2] == ["<pad>", "<unk>"] and (PAD_ID, UNK_ID) == (0, 1)
-    assert vocab.encode("a b zzz") == [2, 3, UNK_ID]  # a (3x) before b, c (1x each, by name)
+def test_vocabulary_has_fixed_special_ids_and_maps_unknown_words(tmp_path):
+    # Fitted on the first two rows only: "zzz" (third row) is unknown.
+    enc = word_vocabulary(["b a a", "c a", "a b zzz"], np.array([0, 1]))
+    enc.save(tmp_path)
+    assert json.loads((tmp_path / "vocab.json").read_text()) == ["<pad>", "<unk>", "a", "b", "c"]
+    assert (PAD_ID, UNK_ID) == (0, 1) and enc.vocab_size == 5
+    # a (3x) before b, c (1x each, by name)
+    assert enc.ids[enc.offsets[2] : enc.offsets[3]].tolist() == [2, 3, UNK_ID]
 
 
 def test_collate_pads_to_the_longest_row_and_keeps_lengths():
@@ -82,8 +88,9 @@ def test_stratified_split_holds_out_each_class_in_proportion():
     assert np.array_equal(held, stratified_split(labels, 0.1, seed=0)[1])
 
 
-def test_load_synthetic_builds_disjoint_splits_with_one_vocabulary():
-    s = load_synthetic("order", 200, 50, 0.1, seed=5)
+def test_synthetic_splits_are_disjoint_and_share_one_vocabulary(tmp_path):
+    s = prepare(Synthetic(variant="order", train_size=200, test_size=50, seed=5), SplitOptions(0.1, seed=5),
+                TokenizerOptions(), tmp_path)
     assert (len(s.train), len(s.val), len(s.test)) == (180, 20, 50)
     assert s.num_classes == 4 and s.class_names[3] == "Sci/Tech"
-    assert s.train.ids.max() < len(s.vocab)
+    assert s.train.ids.max() < s.vocab_size and s.test.ids.max() < s.vocab_size

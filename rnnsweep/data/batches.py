@@ -8,7 +8,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .vocab import PAD_ID, EncodedTexts
+from .encoded import EncodedTexts
+from .tokenization import PAD_ID
 
 
 @dataclass
