@@ -102,7 +102,15 @@ def app(cfg: DictConfig) -> float:
         settings.runtime.threads = threads_per_job()
     from . import runner  # torch: imported where jobs run, not in a launcher's parent process
 
-    outcome = runner.execute(settings, info, store_root(settings.ledger.store), raise_on_failure=not is_multirun())
+    from .data import DataError
+
+    try:
+        outcome = runner.execute(settings, info, store_root(settings.ledger.store), raise_on_failure=not is_multirun())
+    except DataError as ex:  # bad input of a single run: one line, as for a bad config
+        if os.environ.get("RNNSWEEP_FULL_ERROR") == "1":
+            raise
+        print(f"rnnsweep: error: {ex}", file=sys.stderr)
+        raise SystemExit(2) from ex
     if outcome["outcome"] == "plan":
         log.info("%s: would %s (run %s is %s)", info.name, outcome["action"], outcome["id"], outcome["status"])
         return math.nan
@@ -222,13 +230,12 @@ def main() -> None:
         print(f"rnnsweep: error: {describe(ex)}", file=sys.stderr)
         sys.exit(2)
     except Exception as ex:
-        from .data import DataError
         from .job import RunFailed
 
-        if full_traces or not isinstance(ex, (RunFailed, DataError)):
+        if full_traces or not isinstance(ex, RunFailed):
             raise
         print(f"rnnsweep: error: {describe(ex)}", file=sys.stderr)
-        sys.exit(1 if isinstance(ex, RunFailed) else 2)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("rnnsweep: interrupted", file=sys.stderr)
         sys.exit(130)

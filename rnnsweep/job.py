@@ -64,6 +64,7 @@ class RunContext:
     resume: bool = False  # continue from out_dir's checkpoint, if one can be read
     keep_checkpoint: bool = False  # keep the last epoch's checkpoint after the run ends
     base_dir: Path = field(default_factory=Path.cwd)  # relative data paths start here
+    splits: data_sources.Splits | None = None  # already loaded by the caller, else loaded here
 
 
 def seed_everything(seed: int) -> None:
@@ -174,6 +175,10 @@ def open_tracker(cfg: RootConfig, ctx: RunContext):
     )
 
 
+def show_progress(cfg: RootConfig) -> bool:
+    return cfg.runtime.progress is Progress.on or (cfg.runtime.progress is Progress.auto and sys.stderr.isatty())
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -184,9 +189,7 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
     seed_everything(cfg.seed)
     if cfg.runtime.threads > 0:
         torch.set_num_threads(cfg.runtime.threads)
-    progress = cfg.runtime.progress is Progress.on or (
-        cfg.runtime.progress is Progress.auto and sys.stderr.isatty()
-    )
+    progress = show_progress(cfg)
 
     record: dict[str, Any] = {
         # Stays "interrupted" only if something outside Exception (Ctrl-C, SIGTERM) ends the run.
@@ -214,7 +217,7 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
     try:
         device = pick_device(cfg.runtime.device.value)
         record["env"] = tracking.environment(device, torch.get_num_threads())
-        splits = load_data(cfg, ctx.base_dir, progress)
+        splits = ctx.splits or load_data(cfg, ctx.base_dir, progress)
         meta = splits.meta
         record["data"] = {
             "name": cfg.data.name,

@@ -63,16 +63,20 @@ def _copy_record(entry: ledger.Entry, info: JobInfo) -> None:
         shutil.copyfile(entry.record_path, info.job_dir / tracking.RECORD_NAME)
 
 
+def _data_failure(info: JobInfo, ex: DataError, raise_on_failure: bool, **common: Any) -> dict[str, Any]:
+    if raise_on_failure:
+        raise ex
+    log.error("%s: %s", info.name, ex)
+    return write_job_file(info, outcome="failed", status="failed", error=f"DataError: {ex}", **common)
+
+
 def execute(settings: RootConfig, info: JobInfo, store_root: Path, *, raise_on_failure: bool) -> dict[str, Any]:
     """Do what the ledger says for this job; returns (and writes) its job.json payload."""
     plain = to_plain(settings)
     try:
         fingerprint = job.data_fingerprint(settings, info.base_dir)
     except DataError as ex:  # e.g. a data file that does not exist: nothing to identify, nothing to run
-        if raise_on_failure:
-            raise
-        log.error("%s: %s", info.name, ex)
-        return write_job_file(info, outcome="failed", status="failed", error=f"DataError: {ex}")
+        return _data_failure(info, ex, raise_on_failure)
     run_id, group_id = ledger.run_identity(plain, fingerprint)
     entry = ledger.Store(store_root).entry(run_id)
     status = entry.status()
@@ -89,6 +93,12 @@ def execute(settings: RootConfig, info: JobInfo, store_root: Path, *, raise_on_f
         log.info("%s: already %s in the store, skipped -> %s", info.name, status, entry.record_path)
         return write_job_file(info, outcome="skipped", status=status, **common)
 
+    try:
+        # Bad input fails here, before the run has a record in the store; the cache makes this
+        # a load of memory-mapped arrays for every job but the first.
+        splits = job.load_data(settings, info.base_dir, job.show_progress(settings))
+    except DataError as ex:
+        return _data_failure(info, ex, raise_on_failure, **common)
     try:
         with entry.lock():
             # Decided before the lock: look again now that no one else can change the entry.
@@ -115,6 +125,7 @@ def execute(settings: RootConfig, info: JobInfo, store_root: Path, *, raise_on_f
                 resume=action == "resume",
                 keep_checkpoint=settings.ledger.keep_checkpoint,
                 base_dir=info.base_dir,
+                splits=splits,
             )
             try:
                 record = job.run(settings, ctx)
