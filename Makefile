@@ -10,7 +10,7 @@ SWEEP  ?= outputs/multirun/demo_$(shell date +%Y-%m-%d_%H-%M-%S)
 
 RAY_VENV ?= .venv-ray
 
-.PHONY: venv run test test-fast test-ray bench-data bench-parallel clean
+.PHONY: venv run test test-fast test-ray bench bench-data bench-parallel clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,11 @@ $(RAY_VENV)/.installed: pyproject.toml constraints.txt
 
 test-ray: $(RAY_VENV)/.installed
 	$(RAY_VENV)/bin/python -m pytest tests/ray --rootdir=. -p no:cacheprovider
+
+# Training throughput: the lesson's procedure vs rnnsweep (and lever by lever, and the bare
+# kernel) on generated AG News-sized data; ARGS="--data DIR" for real AG News CSVs.
+bench: $(STAMP)
+	$(PY) benchmarks/train_speed.py $(ARGS)
 
 # Tokenize/encode/cache 120,000 and 1,000,000 generated AG News-like rows; reload; tokenizer speeds.
 bench-data: $(STAMP)

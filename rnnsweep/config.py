@@ -53,6 +53,20 @@ class OptimizerName(Enum):
     adam = "adam"
     adamw = "adamw"
     sgd = "sgd"
+    sparse_adam = "sparse_adam"
+
+
+class EmbeddingGrad(Enum):
+    auto = "auto"  # scattered on the CPU, dense elsewhere
+    dense = "dense"  # torch's dense embedding gradient, a fresh table-sized tensor every step
+    scattered = "scattered"  # sparse gradient scattered into one persistent dense buffer: same values
+
+
+class AdamImpl(Enum):
+    auto = "auto"  # fused where torch has a fused kernel for the device, else foreach
+    fused = "fused"
+    foreach = "foreach"
+    for_loop = "for_loop"
 
 
 class SyntheticVariant(Enum):
@@ -112,6 +126,14 @@ class ModelConfig:
 @dataclass
 class BatchingConfig:
     mode: BatchMode = BatchMode.padded
+    # On the CPU, packed batches run the padded kernel, read at each sequence's own end: the same
+    # numbers as pack_padded_sequence, whose CPU path is a slow loop of single steps. True forces
+    # PyTorch's packed path on the CPU too. CUDA always uses cuDNN's packed kernel.
+    native_packing: bool = False
+    # Length-bucketed batches: shuffle, sort pools of `bucket_pool` batches by length, cut them
+    # into batches and shuffle the batches; far less padding (and packing work) per batch.
+    bucket: bool = True
+    bucket_pool: int = 50
 
 
 @dataclass
@@ -128,6 +150,8 @@ class AdamConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
+    impl: AdamImpl = AdamImpl.auto  # the same algorithm either way; fused is fastest on CPU and GPU
+    embedding_grad: EmbeddingGrad = EmbeddingGrad.auto  # how the embedding's gradient reaches Adam
 
 
 @dataclass
@@ -143,6 +167,19 @@ class SGDConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
+
+
+@dataclass
+class SparseAdamConfig:
+    """Lazy Adam: sparse embedding gradients, and moments updated only for the rows a batch uses.
+
+    Not identical to Adam: a row's moments do not decay while it is absent from batches. The rest
+    of the model uses (dense, fused) Adam with the same lr, betas and eps."""
+
+    name: OptimizerName = OptimizerName.sparse_adam
+    lr: float = 1e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
 
 
 @dataclass
@@ -222,6 +259,7 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int = 512
     grad_clip: Optional[float] = 1.0
+    epoch_size: Optional[int] = None  # at most this many training examples per epoch (the lesson's epoch_size)
 
 
 @dataclass
@@ -230,6 +268,7 @@ class RuntimeConfig:
     threads: int = 0  # 0: leave torch's default (all cores)
     progress: Progress = Progress.auto
     cache_dir: Optional[str] = None  # encoded data and downloads; null: $RNNSWEEP_CACHE_DIR or ~/.cache/rnnsweep
+    amp: bool = False  # mixed precision: bfloat16 autocast (float16 with loss scaling on GPUs without bf16)
 
 
 @dataclass
@@ -268,7 +307,7 @@ class RootConfig:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
 
 
-OPTIMIZERS = {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig}
+OPTIMIZERS = {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig, "sparse_adam": SparseAdamConfig}
 DATA_SOURCES = {
     "synthetic": SyntheticDataConfig,
     "ag_news": AgNewsDataConfig,
@@ -346,6 +385,15 @@ def validate(cfg: DictConfig) -> RootConfig:
         "acts between recurrent layers; it needs topology.num_layers >= 2 (or set it to 0)",
     )
     _require(tr.epochs >= 1, "train.epochs", tr.epochs, "must be at least 1")
+    if tr.epoch_size is not None:
+        _require(tr.epoch_size >= 1, "train.epoch_size", tr.epoch_size, "must be at least 1, or null for all")
+    _require(
+        not root.batching.native_packing or root.batching.mode is BatchMode.packed,
+        "batching.native_packing",
+        "true",
+        "only changes how packed batches run; it needs batching=packed",
+    )
+    _require(root.batching.bucket_pool >= 1, "batching.bucket_pool", root.batching.bucket_pool, "must be at least 1")
     _require(tr.batch_size >= 1, "train.batch_size", tr.batch_size, "must be at least 1")
     _require(
         tr.eval_batch_size >= 1, "train.eval_batch_size", tr.eval_batch_size, "must be at least 1"
@@ -359,8 +407,8 @@ def validate(cfg: DictConfig) -> RootConfig:
     _require(root.runtime.threads >= 0, "runtime.threads", root.runtime.threads, "must be >= 0")
     _require(root.logger.log_every >= 1, "logger.log_every", root.logger.log_every, "must be >= 1")
     _require(o.lr > 0, "optimizer.lr", o.lr, "must be positive")
-    _require(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "must be >= 0")
-    if isinstance(o, AdamConfig):
+    _require(getattr(o, "weight_decay", 0) >= 0, "optimizer.weight_decay", getattr(o, "weight_decay", 0), "must be >= 0")
+    if isinstance(o, (AdamConfig, SparseAdamConfig)):
         ok = len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas)
         _require(ok, "optimizer.betas", list(o.betas), "must be two numbers in [0, 1)")
     if isinstance(o, SGDConfig):
@@ -387,6 +435,11 @@ def validate(cfg: DictConfig) -> RootConfig:
         "basic_english always lowercases (torchtext's rules); use tokenizer=wordpiece or bpe to keep case",
     )
 
+    if m.pooling in SEED_POOLINGS and t.bidirectional:
+        raise ConfigError(
+            f"model.pooling={m.pooling.value}, topology.bidirectional=true: the lesson's poolings read one "
+            "direction's state; use model.pooling=last, mean or max with a bidirectional stack"
+        )
     if m.arch is Arch.bow:
         # No recurrence: the recurrent knobs would be silently ignored, so refuse them.
         _require(

@@ -133,7 +133,7 @@ def data_fingerprint(cfg: RootConfig, base_dir: Path | None = None) -> str:
     return data_sources.data_fingerprint(data_source(cfg, base_dir or Path.cwd()), split_options(cfg))
 
 
-def build_model(cfg: RootConfig, splits: data_sources.Splits) -> TextClassifier:
+def build_model(cfg: RootConfig, splits: data_sources.Splits, device: torch.device) -> TextClassifier:
     m, t = cfg.model, cfg.topology
     return TextClassifier(
         splits.vocab_size,
@@ -147,13 +147,28 @@ def build_model(cfg: RootConfig, splits: data_sources.Splits) -> TextClassifier:
         pooling=m.pooling.value,
         packed=cfg.batching.mode.value == "packed",
         embed_init=m.embed_init.value,
+        sparse_embedding=sparse_embedding(cfg, device),
+        native_packing=cfg.batching.native_packing,
     )
+
+
+def sparse_embedding(cfg: RootConfig, device: torch.device) -> bool:
+    """Lazy Adam needs sparse embedding gradients; exact Adam on the CPU scatters them (see
+    train.ScatteredGrad) unless optimizer.embedding_grad=dense."""
+    o = cfg.optimizer
+    if o.name.value == "sparse_adam":
+        return True
+    choice = getattr(o, "embedding_grad", None)
+    if choice is None:
+        return False
+    return choice.value == "scattered" or (choice.value == "auto" and device.type == "cpu")
 
 
 def build_optimizer(cfg: RootConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     o = cfg.optimizer
-    options = {k: v for k, v in vars(o).items() if k not in ("name", "lr", "weight_decay")}
-    return make_optimizer(o.name.value, model.parameters(), lr=o.lr, weight_decay=o.weight_decay, **options)
+    options = {k: getattr(v, "value", v) for k, v in vars(o).items()
+               if k not in ("name", "lr", "weight_decay", "embedding_grad")}
+    return make_optimizer(o.name.value, model, lr=o.lr, weight_decay=getattr(o, "weight_decay", 0.0), **options)
 
 
 def open_tracker(cfg: RootConfig, ctx: RunContext):
@@ -233,13 +248,13 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
             "tokens": meta.get("tokens", {}),
             "cache": str(splits.directory),
         }
-        model = build_model(cfg, splits).to(device)
+        model = build_model(cfg, splits, device).to(device)
         optimizer = build_optimizer(cfg, model)
         ckpt_path = ctx.out_dir / CHECKPOINT
         state = checkpoint.load(ckpt_path, model, optimizer) if ctx.resume else None
         if state is None and ctx.resume:  # unreadable: start clean, exactly as a fresh run would
             seed_everything(cfg.seed)
-            model = build_model(cfg, splits).to(device)
+            model = build_model(cfg, splits, device).to(device)
             optimizer = build_optimizer(cfg, model)
         if state is not None:
             record["resumed_from_epoch"] = state.epoch
@@ -252,13 +267,19 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
         tr = cfg.train
         shuffle = torch.Generator()
 
+        bucket = cfg.batching.bucket_pool if cfg.batching.bucket else None
+        pin = device.type == "cuda"
+
         def train_batches(epoch: int):
             # Seeded per epoch, so epoch k's batch order does not depend on how we got there.
             shuffle.manual_seed(cfg.seed * 1_000_003 + epoch)
-            return batches.iterate(splits.train, tr.batch_size, shuffle=True, generator=shuffle)
+            return batches.iterate(splits.train, tr.batch_size, shuffle=True, generator=shuffle, bucket_pool=bucket,
+                                   limit=tr.epoch_size, pin=pin)
 
         def eval_batches(split):
-            return lambda: batches.iterate(split, tr.eval_batch_size, shuffle=False)
+            # Evaluation order changes no metric: sort the whole split by length when bucketing.
+            whole = batches.num_batches(split, tr.eval_batch_size) if bucket else None
+            return lambda: batches.iterate(split, tr.eval_batch_size, shuffle=False, bucket_pool=whole, pin=pin)
 
         record["status"] = "running"
         tracking.write_record(ctx.out_dir, record)
@@ -269,7 +290,7 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
                 train_batches,
                 eval_batches(splits.val),
                 epochs=tr.epochs,
-                steps_per_epoch=batches.num_batches(splits.train, tr.batch_size),
+                steps_per_epoch=batches.num_batches(splits.train, tr.batch_size, tr.epoch_size),
                 num_classes=splits.num_classes,
                 device=device,
                 grad_clip=tr.grad_clip,
@@ -278,6 +299,7 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
                 progress=progress,
                 state=state,
                 on_epoch_end=lambda st: checkpoint.save(ckpt_path, model, optimizer, st),
+                amp=cfg.runtime.amp,
             )
         except Diverged as ex:
             record["status"] = "diverged"
@@ -285,7 +307,7 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
             record["history"] = ex.history
             log.warning("run diverged: %s", ex)
         else:
-            test = evaluate(model, eval_batches(splits.test)(), splits.num_classes, device)
+            test = evaluate(model, eval_batches(splits.test)(), splits.num_classes, device, cfg.runtime.amp)
             last = result.history[-1]
             record["history"] = result.history
             record["metrics"].update(

@@ -54,6 +54,8 @@ class TextClassifier(nn.Module):
         packed: bool = False,
         embed_init: str = "default",
         pad_id: int = 0,
+        sparse_embedding: bool = False,
+        native_packing: bool = False,
     ):
         super().__init__()
         if arch not in ARCHS:
@@ -63,9 +65,11 @@ class TextClassifier(nn.Module):
         if arch == "bow" and pooling not in ("mean", "max"):
             raise ValueError("a bag of embeddings pools with mean or max")
         self.arch, self.pooling, self.packed = arch, pooling, packed
+        self.native_packing = native_packing
         self.bidirectional, self.num_layers = bidirectional, num_layers
         self.dropout = dropout
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
+        # Sparse gradients: a step touches only the rows of the batch's tokens (optimizer=sparse_adam).
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id, sparse=sparse_embedding)
         if embed_init == "shifted_normal":
             with torch.no_grad():  # the lesson's LSTM: randn - 0.5, padding row included
                 self.embedding.weight.copy_(torch.randn_like(self.embedding.weight) - 0.5)
@@ -100,14 +104,21 @@ class TextClassifier(nn.Module):
         mask = padding_mask(lengths, ids.size(1), ids.device)
         if self.rnn is None:
             return self.fc(self._pool_masked(x, mask, lengths))
-        if self.pooling == "seed_mean":
-            out, _ = self._run_as_written(x, lengths)
-            return self.fc(out.mean(dim=1))
-        if self.pooling == "seed_hlast":
-            _, h = self._run_as_written(x, lengths)
-            h = h[0] if isinstance(h, tuple) else h
-            return self.fc(h[-1])
-        if self.packed:
+        # PyTorch runs packed sequences on the CPU as a loop of single steps; the padded kernel
+        # read at each sequence's own end computes the same numbers, much faster (tested).
+        # On CUDA, cuDNN's packed kernel is fast: it is used as written.
+        packed_on_padded = self.packed and not self.native_packing and x.device.type == "cpu"
+        if self.pooling in ("seed_mean", "seed_hlast"):
+            if packed_on_padded:
+                out, h_last = self._packed_on_padded(x, lengths, mask)
+            else:
+                out, h = self._run_as_written(x, lengths)
+                h = h[0] if isinstance(h, tuple) else h
+                h_last = h[-1]
+            return self.fc(out.mean(dim=1) if self.pooling == "seed_mean" else h_last)
+        if packed_on_padded:
+            out = self._bidirectional_padded(x, lengths) if self.bidirectional else self.rnn(x)[0]
+        elif self.packed:
             out, _ = self._run_packed(x, lengths)
         elif self.bidirectional:
             out = self._bidirectional_padded(x, lengths)
@@ -116,6 +127,15 @@ class TextClassifier(nn.Module):
         if self.pooling == "last":
             return self.fc(self._last(out, lengths))
         return self.fc(self._pool_masked(out, mask, lengths))
+
+    def _packed_on_padded(self, x, lengths, mask):
+        """What a packed run returns, from the padded kernel: outputs zero after each sequence's
+        end (as pad_packed_sequence gives them) and h_n[-1] (the last layer's last direction)."""
+        out = self._bidirectional_padded(x, lengths) if self.bidirectional else self.rnn(x)[0]
+        out = out * mask.unsqueeze(2).to(out.dtype)
+        if self.bidirectional:  # h_n[-1] is the backward direction's state after position 0
+            return out, out[:, 0, out.size(2) // 2 :]
+        return out, out[torch.arange(out.size(0), device=out.device), lengths.to(out.device) - 1]
 
     def _run_as_written(self, x, lengths):
         return self._run_packed(x, lengths) if self.packed else self.rnn(x)

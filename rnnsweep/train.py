@@ -7,6 +7,7 @@ loop does not stall on a host sync per step.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,16 +34,141 @@ class Callback(Protocol):
     def on_epoch(self, step: int, metrics: dict[str, float]) -> None: ...
 
 
-def make_optimizer(name: str, params, *, lr: float, weight_decay: float = 0.0, **kw) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(kw["betas"]), eps=kw["eps"], weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(kw["betas"]), eps=kw["eps"], weight_decay=weight_decay)
+def _adam_impl(impl: str, params: list[torch.nn.Parameter]) -> dict[str, bool]:
+    """Keyword arguments that select Adam's implementation; `auto` takes the fused kernel where
+    torch has one for the parameters' device (CPU and CUDA), which is the same algorithm in one
+    pass over the memory instead of several."""
+    if impl == "auto":
+        devices = {p.device.type for p in params}
+        impl = "fused" if devices <= {"cpu", "cuda"} else "foreach"
+    if impl == "fused":
+        return {"fused": True}
+    return {"foreach": impl == "foreach"}
+
+
+class LazyAdam:
+    """SparseAdam for the sparse-gradient embedding, Adam for every other parameter.
+
+    One optimizer object to the training loop and to checkpoints (its state dict holds both)."""
+
+    def __init__(self, sparse: list, dense: list, *, lr: float, betas, eps: float):
+        self.sparse = torch.optim.SparseAdam(sparse, lr=lr, betas=tuple(betas), eps=eps)
+        self.dense = torch.optim.Adam(dense, lr=lr, betas=tuple(betas), eps=eps, **_adam_impl("auto", dense))
+        self.param_groups = self.sparse.param_groups + self.dense.param_groups
+        self.defaults = {"lr": lr}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.sparse.zero_grad(set_to_none)
+        self.dense.zero_grad(set_to_none)
+
+    def step(self, closure=None):
+        self.sparse.step()
+        self.dense.step()
+
+    def state_dict(self) -> dict:
+        return {"sparse": self.sparse.state_dict(), "dense": self.dense.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.sparse.load_state_dict(state_dict["sparse"])
+        self.dense.load_state_dict(state_dict["dense"])
+
+
+class ScatteredGrad:
+    """Dense Adam for a model whose embedding produces sparse gradients: before each step, the
+    sparse gradient is written into one persistent dense buffer (clearing only the rows the last
+    step wrote), which the wrapped optimizer then reads as the dense gradient it always gets.
+
+    The values are those of the dense embedding gradient, so the update is Adam's, row for row,
+    decay of untouched rows included. What it saves is torch's dense embedding backward, which
+    allocates and zero-fills a table-sized tensor every step (on the CPU, fresh pages each time)."""
+
+    def __init__(self, inner: torch.optim.Optimizer, sparse: list[torch.nn.Parameter]):
+        self.inner, self.sparse = inner, sparse
+        self.param_groups, self.defaults = inner.param_groups, inner.defaults
+        self._buffers = [torch.zeros_like(p) for p in sparse]
+        self._written: list[torch.Tensor | None] = [None] * len(sparse)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none)
+
+    def step(self, closure=None):
+        for i, p in enumerate(self.sparse):
+            if p.grad is None or not p.grad.is_sparse:
+                continue
+            grad = p.grad.coalesce()
+            rows = grad.indices()[0]
+            buffer = self._buffers[i]
+            if self._written[i] is not None:
+                buffer.index_fill_(0, self._written[i], 0.0)
+            buffer.index_copy_(0, rows, grad.values())
+            self._written[i] = rows
+            p.grad = buffer
+        return self.inner.step()
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.inner.load_state_dict(state_dict)
+
+
+def _sparse_embedding_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse for p in m.parameters()]
+
+
+def make_optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay: float = 0.0,
+                   **kw) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        opt = cls(params, lr=lr, betas=tuple(kw["betas"]), eps=kw["eps"], weight_decay=weight_decay,
+                  **_adam_impl(kw.get("impl", "auto"), params))
+        sparse = _sparse_embedding_params(model)
+        return ScatteredGrad(opt, sparse) if sparse else opt
     if name == "sgd":
         return torch.optim.SGD(
             params, lr=lr, momentum=kw["momentum"], nesterov=kw["nesterov"], weight_decay=weight_decay
         )
+    if name == "sparse_adam":
+        sparse = _sparse_embedding_params(model)
+        if not sparse:
+            raise ValueError("optimizer=sparse_adam needs a model built with sparse embedding gradients")
+        ids = {id(p) for p in sparse}
+        return LazyAdam(sparse, [p for p in params if id(p) not in ids], lr=lr, betas=kw["betas"], eps=kw["eps"])
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> None:
+    """torch's clip_grad_norm_, also for sparse gradients (which its fused norm does not take)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not any(g.is_sparse for g in grads):
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    grads = [g.coalesce() if g.is_sparse else g for g in grads]
+    total = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g._values() if g.is_sparse else g) for g in grads])
+    )
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for p, g in zip([p for p in params if p.grad is not None], grads):
+        if g.is_sparse:
+            p.grad = torch.sparse_coo_tensor(g._indices(), g._values() * scale, g.shape, is_coalesced=True,
+                                             check_invariants=False)
+        else:
+            g.mul_(scale)
+
+
+def autocast_for(device: torch.device, amp: bool):
+    """(context factory, grad scaler or None): bfloat16 autocast where the device has it, else
+    float16 with loss scaling; plain float32 when `amp` is off."""
+    if not amp:
+        return contextlib.nullcontext, None
+    if device.type != "cuda":
+        # oneDNN's CPU recurrent kernels have no bfloat16 path on most CPUs: refuse, do not crash mid-run.
+        raise ValueError("runtime.amp=true needs a CUDA device; this run is on the CPU (set runtime.amp=false)")
+    bf16 = torch.cuda.is_bf16_supported()
+    dtype = torch.bfloat16 if bf16 else torch.float16
+    scaler = None if bf16 else torch.amp.GradScaler(device.type)
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
 def macro_f1(confusion: torch.Tensor) -> float:
@@ -56,14 +182,17 @@ def macro_f1(confusion: torch.Tensor) -> float:
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, batches: Iterable[Batch], num_classes: int, device: torch.device) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, batches: Iterable[Batch], num_classes: int, device: torch.device,
+             amp: bool = False) -> dict[str, float]:
     model.eval()
+    autocast, _ = autocast_for(device, amp)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n = 0
     for batch in batches:
         batch = batch.to(device)
-        logits = model(batch.ids, batch.lengths)
+        with autocast():
+            logits = model(batch.ids, batch.lengths).float()
         loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum")
         confusion += torch.bincount(batch.labels * num_classes + logits.argmax(1), minlength=num_classes**2)
         n += len(batch)
@@ -112,6 +241,7 @@ def fit(
     progress: bool = False,
     state: FitState | None = None,
     on_epoch_end: Callable[[FitState], None] | None = None,
+    amp: bool = False,
 ) -> FitState:
     """Train until `epochs` are done, from scratch or from a checkpoint's `state`.
 
@@ -120,6 +250,8 @@ def fit(
     `on_epoch_end` runs after each epoch's validation (to write a checkpoint).
     """
     callbacks = list(callbacks)
+    params = [p for p in model.parameters() if p.requires_grad]
+    autocast, scaler = autocast_for(device, amp)
     state = state or FitState()
     history = state.history
     step = state.step
@@ -142,13 +274,22 @@ def fit(
         started = time.perf_counter()
         for batch in bar:
             batch = batch.to(device)
-            logits = model(batch.ids, batch.lengths)
+            with autocast():
+                logits = model(batch.ids, batch.lengths).float()
             loss = F.cross_entropy(logits, batch.labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                if grad_clip is not None:
+                    clip_grad_norm(params, grad_clip)
+                optimizer.step()
+            else:  # float16: scale the loss so small gradients do not flush to zero
+                scaler.scale(loss).backward()
+                if grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    clip_grad_norm(params, grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
             step += 1
             b = len(batch)
             correct = (logits.detach().argmax(1) == batch.labels).sum()
@@ -180,7 +321,7 @@ def fit(
             "train/acc": float(ep_correct) / max(ep_n, 1),
             "train/examples_per_s": ep_n / epoch_seconds if epoch_seconds > 0 else 0.0,
         }
-        val = evaluate(model, val_batches(), num_classes, device)
+        val = evaluate(model, val_batches(), num_classes, device, amp)
         record.update({f"val/{k}": v for k, v in val.items()})
         history.append(record)
         state.epoch, state.step = epoch, step

@@ -32,7 +32,13 @@ def test_padded_packed_and_padding_invariance_on_cuda(arch, bi, pooling):
     torch.testing.assert_close(padded(longer, lengths), ref)
 
 
-@pytest.mark.parametrize("extra", [["batching=padded"], ["batching=packed", "topology=deep_bi", "model=gru"]])
+@pytest.mark.parametrize("extra", [
+    ["batching=padded"],
+    ["batching=packed", "topology=deep_bi", "model=gru"],
+    ["runtime.amp=true"],
+    ["optimizer=sparse_adam", "runtime.amp=true"],
+    ["optimizer.embedding_grad=scattered"],
+])
 def test_auto_device_trains_on_cuda(compose_cfg, tmp_path, extra):
     cfg = compose_cfg([*TINY, "runtime.device=auto", *extra])
     record = job.run(config.validate(cfg), job.RunContext(out_dir=tmp_path))

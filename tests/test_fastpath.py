@@ -1,0 +1,201 @@
+"""The fast training path: bucketed batches, Adam implementations, lazy (sparse) Adam, AMP, epoch size."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY
+from rnnsweep import config, job
+from rnnsweep.data import EncodedTexts
+from rnnsweep.data.batches import batch_rows, collate, num_batches
+from rnnsweep.model import TextClassifier
+from rnnsweep.train import LazyAdam, ScatteredGrad, clip_grad_norm, make_optimizer
+
+
+def texts(n: int = 1000, seed: int = 0) -> EncodedTexts:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 80, size=n)
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    return EncodedTexts(rng.integers(2, 50, size=int(offsets[-1])), offsets, rng.integers(0, 4, size=n))
+
+
+def padding(data: EncodedTexts, rows: list[np.ndarray]) -> int:
+    return sum(int(data.lengths[r].max()) * len(r) - int(data.lengths[r].sum()) for r in rows)
+
+
+def test_bucketed_batches_cover_every_row_once_with_far_less_padding():
+    data = texts()
+    g = torch.Generator().manual_seed(1)
+    bucketed = batch_rows(data, 16, shuffle=True, generator=g, bucket_pool=20)
+    g.manual_seed(1)
+    assert all(np.array_equal(a, b) for a, b in
+               zip(bucketed, batch_rows(data, 16, shuffle=True, generator=g, bucket_pool=20)))
+    assert sorted(np.concatenate(bucketed).tolist()) == list(range(len(data)))
+    assert len(bucketed) == num_batches(data, 16)
+    g.manual_seed(1)
+    random = batch_rows(data, 16, shuffle=True, generator=g)
+    assert padding(data, bucketed) < padding(data, random) / 5
+    # Batches are shuffled too: their lengths do not come in sorted order.
+    maxima = [int(data.lengths[r].max()) for r in bucketed]
+    assert maxima != sorted(maxima)
+
+
+def test_epoch_size_keeps_the_first_batches():
+    data = texts()
+    rows = batch_rows(data, 16, shuffle=True, generator=torch.Generator().manual_seed(0), limit=100)
+    assert len(rows) == 7 == num_batches(data, 16, limit=100)
+
+
+def test_collate_reads_memory_mapped_int32_arrays(tmp_path):
+    data = texts(50)
+    np.save(tmp_path / "ids.npy", data.ids.astype(np.int32))
+    mapped = EncodedTexts(np.load(tmp_path / "ids.npy", mmap_mode="r"), data.offsets, data.labels)
+    a, b = collate(data, np.array([3, 1, 7])), collate(mapped, np.array([3, 1, 7]))
+    assert torch.equal(a.ids, b.ids) and b.ids.dtype == torch.int64
+
+
+def model(sparse: bool = False) -> TextClassifier:
+    torch.manual_seed(0)
+    return TextClassifier(60, 4, arch="lstm", embed_dim=8, hidden_dim=8, sparse_embedding=sparse)
+
+
+def split_vocab_texts() -> EncodedTexts:
+    """64 rows: the first 16 use tokens 2-19 only, the rest tokens 30-49 only."""
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(3, 20, size=64)
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    ids = rng.integers(30, 50, size=int(offsets[-1]))
+    ids[: offsets[16]] = rng.integers(2, 20, size=int(offsets[16]))
+    return EncodedTexts(ids, offsets, rng.integers(0, 4, size=64))
+
+
+def train_steps(net, opt, steps: int = 3, data: EncodedTexts | None = None) -> None:
+    data = data if data is not None else texts(64)
+    for i in range(steps):
+        b = collate(data, np.arange(i * 16, i * 16 + 16))
+        loss = torch.nn.functional.cross_entropy(net(b.ids, b.lengths), b.labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("impl", ["fused", "foreach"])
+def test_fused_and_foreach_adam_are_the_same_algorithm_as_the_default(impl):
+    reference, other = model(), model()
+    train_steps(reference, make_optimizer("adam", reference, lr=1e-2, betas=[0.9, 0.999], eps=1e-8, impl="for_loop"))
+    opt = make_optimizer("adam", other, lr=1e-2, betas=[0.9, 0.999], eps=1e-8, impl=impl)
+    assert opt.defaults["fused" if impl == "fused" else "foreach"] is True
+    train_steps(other, opt)
+    for p, q in zip(reference.parameters(), other.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_adam_is_lazy_adam_and_checkpoints_both_parts():
+    lazy, dense = model(sparse=True), model()
+    opt = make_optimizer("sparse_adam", lazy, lr=1e-2, betas=[0.9, 0.999], eps=1e-8)
+    assert isinstance(opt, LazyAdam)
+    data = split_vocab_texts()
+    train_steps(lazy, opt, steps=2, data=data)
+    train_steps(dense, make_optimizer("adam", dense, lr=1e-2, betas=[0.9, 0.999], eps=1e-8), steps=2, data=data)
+    assert lazy.embedding.weight.grad.is_sparse
+    row = 5  # used by step 1's batch, not by step 2's
+    before = model(sparse=True)
+    train_steps(before, make_optimizer("sparse_adam", before, lr=1e-2, betas=[0.9, 0.999], eps=1e-8), steps=1,
+                data=data)
+    # Lazy: a row absent from step 2 keeps its value; dense Adam keeps moving it (momentum).
+    assert torch.equal(lazy.embedding.weight[row], before.embedding.weight[row])
+    assert not torch.equal(dense.embedding.weight[row], before.embedding.weight[row])
+    # The state dict holds both optimizers and restores them.
+    state = copy.deepcopy(opt.state_dict())  # a checkpoint holds copies, not the live moments
+    assert set(state) == {"sparse", "dense"}
+    clone = model(sparse=True)
+    clone.load_state_dict(lazy.state_dict())
+    opt2 = make_optimizer("sparse_adam", clone, lr=1e-2, betas=[0.9, 0.999], eps=1e-8)
+    opt2.load_state_dict(state)
+    train_steps(lazy, opt, steps=1, data=data)
+    train_steps(clone, opt2, steps=1, data=data)
+    for p, q in zip(lazy.parameters(), clone.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_clipping_sparse_gradients_matches_clipping_their_dense_form():
+    sparse, dense = model(sparse=True), model()
+    data = texts(16)
+    b = collate(data, np.arange(16))
+    for net in (sparse, dense):
+        torch.nn.functional.cross_entropy(net(b.ids, b.lengths), b.labels).backward()
+    clip_grad_norm(list(sparse.parameters()), 0.01)
+    torch.nn.utils.clip_grad_norm_(dense.parameters(), 0.01)
+    torch.testing.assert_close(sparse.embedding.weight.grad.to_dense(), dense.embedding.weight.grad)
+    torch.testing.assert_close(sparse.rnn.weight_hh_l0.grad, dense.rnn.weight_hh_l0.grad)
+
+
+@pytest.mark.parametrize("extra", [
+    ["optimizer=sparse_adam", "train.grad_clip=0.5"],
+    ["batching=packed", "batching.bucket=true"],
+    ["train.epoch_size=50"],
+])
+def test_fast_path_options_train_end_to_end(compose_cfg, tmp_path, extra):
+    settings = config.validate(compose_cfg([*TINY, *extra]))
+    record = job.run(settings, job.RunContext(out_dir=tmp_path))
+    assert record["status"] == "completed", record["error"]
+    assert np.isfinite(record["metrics"]["train/loss"])
+    if "train.epoch_size=50" in extra:
+        assert record["metrics"]["steps"] == 2  # 50 examples at batch 32
+
+
+def test_amp_on_the_cpu_is_refused_before_training(compose_cfg, tmp_path):
+    settings = config.validate(compose_cfg([*TINY, "runtime.amp=true", "runtime.device=cpu"]))
+    with pytest.raises(job.RunFailed, match="runtime.amp=true needs a CUDA device"):
+        job.run(settings, job.RunContext(out_dir=tmp_path))
+
+
+def test_sparse_adam_has_no_weight_decay(compose_cfg):
+    with pytest.raises(config.ConfigError, match="optimizer.weight_decay"):
+        config.validate(compose_cfg(["optimizer=sparse_adam", "+optimizer.weight_decay=0.1"]))
+
+
+def test_scattered_embedding_gradient_is_adams_update():
+    dense, scattered = model(), model(sparse=True)
+    train_steps(dense, make_optimizer("adam", dense, lr=1e-2, betas=[0.9, 0.999], eps=1e-8, impl="fused"), steps=4)
+    opt = make_optimizer("adam", scattered, lr=1e-2, betas=[0.9, 0.999], eps=1e-8, impl="fused")
+    assert isinstance(opt, ScatteredGrad)
+    train_steps(scattered, opt, steps=4)
+    # Rows absent from a batch still decay and move, as under dense Adam (unlike lazy Adam).
+    for p, q in zip(dense.parameters(), scattered.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("layers,bidirectional,pooling", [
+    (1, False, "seed_hlast"), (2, False, "seed_hlast"), (1, False, "seed_mean"), (2, False, "last"),
+    (1, True, "last"), (2, True, "mean"), (1, True, "max"),
+])
+def test_packed_batches_on_the_padded_kernel_equal_pytorchs_packed_path(arch, layers, bidirectional, pooling):
+    data = texts(12, seed=3)
+    b = collate(data, np.arange(12))
+    nets = []
+    for native in (True, False):
+        torch.manual_seed(0)
+        nets.append(TextClassifier(60, 4, arch=arch, embed_dim=8, hidden_dim=6, num_layers=layers,
+                                   bidirectional=bidirectional, pooling=pooling, packed=True, native_packing=native))
+    outs = [net(b.ids, b.lengths) for net in nets]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    for net, out in zip(nets, outs):
+        out.square().sum().backward()
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["batching=padded", "batching.native_packing=true"], "batching.native_packing=true: only changes how packed"),
+    (["lesson=lstm", "topology=bi"], "model.pooling=seed_hlast, topology.bidirectional=true"),
+    (["train.epoch_size=0"], "train.epoch_size=0: must be at least 1"),
+])
+def test_fast_path_settings_that_would_do_nothing_or_break_are_refused(compose_cfg, overrides, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.validate(compose_cfg(overrides))
