@@ -13,7 +13,7 @@ from rnnsweep import config, job
 from rnnsweep.data import EncodedTexts
 from rnnsweep.data.batches import batch_rows, collate, num_batches
 from rnnsweep.model import TextClassifier
-from rnnsweep.train import LazyAdam, ScatteredGrad, clip_grad_norm, make_optimizer
+from rnnsweep.train import LazyAdam, RowAdam, ScatteredGrad, clip_grad_norm, make_optimizer
 
 
 def texts(n: int = 1000, seed: int = 0) -> EncodedTexts:
@@ -199,3 +199,18 @@ def test_packed_batches_on_the_padded_kernel_equal_pytorchs_packed_path(arch, la
 def test_fast_path_settings_that_would_do_nothing_or_break_are_refused(compose_cfg, overrides, message):
     with pytest.raises(config.ConfigError, match=message):
         config.validate(compose_cfg(overrides))
+
+
+def test_row_adam_is_torchs_sparse_adam():
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Embedding(50, 8, sparse=True), torch.nn.Embedding(50, 8, sparse=True)
+    theirs.load_state_dict(ours.state_dict())
+    row_adam = RowAdam(list(ours.parameters()), lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
+    sparse_adam = torch.optim.SparseAdam(list(theirs.parameters()), lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
+    for _ in range(30):
+        ids = torch.randint(0, 50, (4, 7))  # repeated ids: the gradient has duplicate rows
+        for emb, opt in ((ours, row_adam), (theirs, sparse_adam)):
+            opt.zero_grad()
+            (emb(ids) ** 2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(ours.weight, theirs.weight, rtol=1e-5, atol=1e-5)
