@@ -211,38 +211,37 @@ class AgNewsDataConfig:
 
 
 @dataclass
-class TableDataConfig:
-    name: str = "csv"
-    train: str = MISSING
-    test: Optional[str] = None  # null: test_fraction of train is held out as the test split
-    format: DataFormat = DataFormat.auto
-    text_columns: List[str] = field(default_factory=lambda: ["text"])
+class LabelledTextsConfig:
+    """What the user's own files and Hugging Face datasets share: columns, splitting, cleaning."""
+
+    text_columns: List[str] = field(default_factory=lambda: ["text"])  # several are joined by a space
     label_column: str = "label"
-    header: bool = True  # without one, name columns by position: text_columns=[1,2] label_column=0
-    label_offset: int = 0  # integer labels: the value of the first class (1 for labels 1..K)
-    classes: Optional[List[str]] = None  # class names in index order; null: taken from train
     val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    test_fraction: float = 0.1  # of train, as the test split, when there is no test split
     limit: Optional[int] = None
     drop_empty: bool = True
     seed: int = 1234
 
 
 @dataclass
-class HfDataConfig:
+class TableDataConfig(LabelledTextsConfig):
+    name: str = "csv"
+    train: str = MISSING
+    test: Optional[str] = None  # null: test_fraction of train is held out as the test split
+    format: DataFormat = DataFormat.auto
+    header: bool = True  # without one, name columns by position: text_columns=[1,2] label_column=0
+    label_offset: int = 0  # integer labels: the value of the first class (1 for labels 1..K)
+    classes: Optional[List[str]] = None  # class names in index order; null: taken from train
+
+
+@dataclass
+class HfDataConfig(LabelledTextsConfig):
     name: str = "hf"
     dataset: str = MISSING  # a hub name ("ag_news") or a local directory of files
     subset: Optional[str] = None
     revision: Optional[str] = None
     train_split: str = "train"
     test_split: Optional[str] = "test"  # null: test_fraction of train is held out
-    text_columns: List[str] = field(default_factory=lambda: ["text"])
-    label_column: str = "label"
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    limit: Optional[int] = None
-    drop_empty: bool = True
-    seed: int = 1234
 
 
 @dataclass
@@ -421,7 +420,7 @@ def validate(cfg: DictConfig) -> RootConfig:
         _require(0.0 < d.test_fraction < 1.0, "data.test_fraction", d.test_fraction, "must be in (0, 1)")
     if getattr(d, "limit", None) is not None:
         _require(d.limit >= 10, "data.limit", d.limit, "must be at least 10 rows, or null for all")
-    if isinstance(d, (TableDataConfig, HfDataConfig)):
+    if isinstance(d, LabelledTextsConfig):
         _require(len(d.text_columns) >= 1, "data.text_columns", list(d.text_columns), "must name at least one column")
     tk = root.tokenizer
     _require(tk.min_freq >= 1, "tokenizer.min_freq", tk.min_freq, "must be at least 1")

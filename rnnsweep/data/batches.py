@@ -81,19 +81,9 @@ def batch_rows(
     return rows
 
 
-def iterate(
-    data: EncodedTexts,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    generator: torch.Generator | None = None,
-    bucket_pool: int | None = None,
-    limit: int | None = None,
-    pin: bool = False,
-) -> Iterator[Batch]:
-    """Padded batches (see `batch_rows`); the last one may be short."""
-    for rows in batch_rows(data, batch_size, shuffle=shuffle, generator=generator, bucket_pool=bucket_pool,
-                           limit=limit):
+def iterate(data: EncodedTexts, batch_size: int, *, pin: bool = False, **order) -> Iterator[Batch]:
+    """Padded batches, in the order `batch_rows(data, batch_size, **order)` gives; the last may be short."""
+    for rows in batch_rows(data, batch_size, **order):
         yield collate(data, rows, pin)
 
 
