@@ -17,7 +17,7 @@ from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -338,6 +338,9 @@ def _typed_option(node: Any, group: str, schemas: dict[str, type]) -> Any:
         raise ConfigError(f"{group}.name={name}: expected one of {', '.join(schemas)}")
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schemas[name]), node))
+    except MissingMandatoryValue as ex:
+        key = f"{group}.{ex.full_key}"
+        raise ConfigError(f"{key}: required, no default; set it on the command line ({key}=...)") from ex
     except OmegaConfBaseException as ex:
         key = f"{group}.{ex.full_key}" if getattr(ex, "full_key", None) else group
         raise ConfigError(f"{key}: {str(ex).splitlines()[0]}") from ex
@@ -366,7 +369,9 @@ def validate(cfg: DictConfig) -> RootConfig:
     _reject_unknown_keys(cfg, RootConfig, "")
     try:
         root: RootConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    except OmegaConfBaseException as ex:  # unknown key, MISSING value, unresolvable interpolation
+    except MissingMandatoryValue as ex:  # e.g. data=csv without data.train
+        raise ConfigError(f"{ex.full_key}: required, no default; set it on the command line ({ex.full_key}=...)") from ex
+    except OmegaConfBaseException as ex:  # unknown key, unresolvable interpolation
         key = getattr(ex, "full_key", None)
         raise ConfigError(f"{key}: {str(ex).splitlines()[0]}" if key else str(ex).splitlines()[0]) from ex
     root.optimizer = _typed_option(cfg.optimizer, "optimizer", OPTIMIZERS)

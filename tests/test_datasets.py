@@ -312,3 +312,11 @@ def test_hf_offline_without_a_local_copy_fails_in_one_line(tmp_path):
     line = res.stderr.strip().splitlines()[-1]
     assert line.startswith("rnnsweep: error: data.dataset=someone/not-cached-anywhere: cannot load split 'train'")
     assert "offline and not in the local HF cache" in line
+
+
+@pytest.mark.parametrize("option,key", [("csv", "data.train"), ("hf", "data.dataset")])
+def test_a_file_source_without_its_file_says_which_key_to_set(option, key, tmp_path):
+    res = run_cli([f"data={option}", *FILE_TINY], cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"rnnsweep: error: {key}: required, no default; set it on the command line ({key}=...)")
