@@ -59,11 +59,6 @@ def run_identity(config: dict[str, Any], data_fingerprint: str) -> tuple[str, st
     return _digest(payload), _digest(group_payload)
 
 
-def data_fingerprint(data_config: dict[str, Any], generator_version: str) -> str:
-    """Embedded (generated) data is fixed by its config and the generator's version."""
-    return _digest({"data": data_config, "generator": generator_version})
-
-
 @dataclass
 class Entry:
     """One run's place in the store."""

@@ -38,8 +38,7 @@ class Rows:
 
 
 def detect_format(path: Path) -> str:
-    suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".gz",)]
-    ext = suffixes[-1].lstrip(".") if suffixes else ""
+    ext = path.suffix.lower().lstrip(".")
     if ext in ("csv",):
         return "csv"
     if ext in ("tsv", "tab"):
