@@ -57,9 +57,10 @@ class OptimizerName(Enum):
 
 
 class EmbeddingGrad(Enum):
-    auto = "auto"  # scattered on the CPU, dense elsewhere
+    auto = "auto"  # deferred on the CPU (scattered for Adam with L2 weight decay), dense elsewhere
     dense = "dense"  # torch's dense embedding gradient, a fresh table-sized tensor every step
     scattered = "scattered"  # sparse gradient scattered into one persistent dense buffer: same values
+    deferred = "deferred"  # sparse gradient; an unused row's Adam steps replayed when it is next read
 
 
 class AdamImpl(Enum):
@@ -415,6 +416,14 @@ def validate(cfg: DictConfig) -> RootConfig:
     if isinstance(o, (AdamConfig, SparseAdamConfig)):
         ok = len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas)
         _require(ok, "optimizer.betas", list(o.betas), "must be two numbers in [0, 1)")
+    if isinstance(o, AdamConfig) and o.embedding_grad is EmbeddingGrad.deferred:
+        _require(
+            o.name is OptimizerName.adamw or o.weight_decay == 0,
+            "optimizer.weight_decay",
+            o.weight_decay,
+            "must be 0 with embedding_grad=deferred: Adam's L2 decay gives every row a gradient "
+            "(use optimizer=adamw, or embedding_grad=scattered)",
+        )
     if isinstance(o, SGDConfig):
         _require(0.0 <= o.momentum < 1.0, "optimizer.momentum", o.momentum, "must be in [0, 1)")
     if isinstance(d, SyntheticDataConfig):

@@ -36,7 +36,8 @@ from .data import batches, sources
 from .data.pipeline import SplitOptions, TokenizerOptions
 from .ledger import CHECKPOINT
 from .model import TextClassifier, count_parameters
-from .train import Diverged, evaluate, fit, make_optimizer
+from .optim import make_optimizer
+from .train import Diverged, evaluate, fit
 
 log = logging.getLogger(__name__)
 
@@ -152,22 +153,36 @@ def build_model(cfg: RootConfig, splits: data_sources.Splits, device: torch.devi
     )
 
 
-def sparse_embedding(cfg: RootConfig, device: torch.device) -> bool:
-    """Lazy Adam needs sparse embedding gradients; exact Adam on the CPU scatters them (see
-    train.ScatteredGrad) unless optimizer.embedding_grad=dense."""
+def embedding_grad(cfg: RootConfig, device: torch.device) -> str:
+    """How the embedding's gradient reaches the optimizer: `dense`, `scattered`, `deferred` (see
+    optim.make_optimizer) or `sparse` (lazy Adam). `auto` takes deferred Adam on the CPU, where
+    a pass over the whole table dominates a step, except for Adam's L2 decay, which it cannot defer."""
     o = cfg.optimizer
     if o.name.value == "sparse_adam":
-        return True
+        return "sparse"
     choice = getattr(o, "embedding_grad", None)
     if choice is None:
-        return False
-    return choice.value == "scattered" or (choice.value == "auto" and device.type == "cpu")
+        return "dense"
+    if choice.value != "auto":
+        if choice.value == "deferred" and device.type != "cpu":
+            raise ValueError(f"optimizer.embedding_grad=deferred runs on the CPU; this run is on {device.type} "
+                             "(use optimizer.embedding_grad=auto)")
+        return choice.value
+    if device.type != "cpu":
+        return "dense"
+    return "deferred" if o.name.value == "adamw" or o.weight_decay == 0 else "scattered"
 
 
-def build_optimizer(cfg: RootConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def sparse_embedding(cfg: RootConfig, device: torch.device) -> bool:
+    return embedding_grad(cfg, device) != "dense"
+
+
+def build_optimizer(cfg: RootConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     o = cfg.optimizer
     options = {k: getattr(v, "value", v) for k, v in vars(o).items()
                if k not in ("name", "lr", "weight_decay", "embedding_grad")}
+    if hasattr(o, "embedding_grad"):
+        options["embedding_grad"] = embedding_grad(cfg, device)
     return make_optimizer(o.name.value, model, lr=o.lr, weight_decay=getattr(o, "weight_decay", 0.0), **options)
 
 
@@ -249,13 +264,13 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
             "cache": str(splits.directory),
         }
         model = build_model(cfg, splits, device).to(device)
-        optimizer = build_optimizer(cfg, model)
+        optimizer = build_optimizer(cfg, model, device)
         ckpt_path = ctx.out_dir / CHECKPOINT
         state = checkpoint.load(ckpt_path, model, optimizer) if ctx.resume else None
         if state is None and ctx.resume:  # unreadable: start clean, exactly as a fresh run would
             seed_everything(cfg.seed)
             model = build_model(cfg, splits, device).to(device)
-            optimizer = build_optimizer(cfg, model)
+            optimizer = build_optimizer(cfg, model, device)
         if state is not None:
             record["resumed_from_epoch"] = state.epoch
             log.info("resuming %s from its epoch-%d checkpoint", ctx.out_dir, state.epoch)

@@ -13,7 +13,7 @@ from rnnsweep import config, job
 from rnnsweep.data import EncodedTexts
 from rnnsweep.data.batches import batch_rows, collate, num_batches
 from rnnsweep.model import TextClassifier
-from rnnsweep.train import LazyAdam, RowAdam, ScatteredGrad, clip_grad_norm, make_optimizer
+from rnnsweep.optim import LazyAdam, RowAdam, ScatteredGrad, clip_grad_norm, make_optimizer
 
 
 def texts(n: int = 1000, seed: int = 0) -> EncodedTexts:

@@ -1,0 +1,223 @@
+"""Adam for an embedding table, exactly, without touching every row at every step.
+
+With a zero gradient, Adam still moves a row: its moments decay and the parameter takes a step
+along them. Dense Adam pays for that by reading and writing the whole table (parameter, gradient,
+both moments) on every step: on a CPU that is most of a small recurrent model's step. Here a row
+that a batch does not use is left as it is, and the steps it missed are replayed, one by one,
+with Adam's own formula and that step's bias corrections, when a batch next reads it (or before
+anything reads the whole table: evaluation of every row, a checkpoint, the end of an epoch).
+
+An untouched row's update shrinks geometrically (by about beta1 / sqrt(beta2) a step). Once every
+element's update is below half a unit in the last place of its weight, float32 Adam rounds the
+update away, so the replay stops there and only decays the moments for the remaining steps (and
+AdamW's decoupled decay of the weight) in closed form. The result is Adam's, to float32 rounding,
+as fused and for-loop Adam agree with each other.
+
+The loops are compiled by numba: they run over a few hundred rows per step, element by element,
+which is exactly what Python and whole-tensor torch ops are bad at.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+# Below this |update| / |weight|, float32 round-to-nearest leaves the weight unchanged (half an ulp).
+_HALF_ULP = np.float32(2.0**-25)
+
+# numba's own sqrt calls libm's sqrtf, which LLVM will not vectorize; llvm.sqrt is the same
+# correctly rounded IEEE square root, as one vector instruction for eight floats.
+@intrinsic
+def _sqrt(typingctx, x):
+    def codegen(context, builder, signature, args):
+        return builder.call(builder.module.declare_intrinsic("llvm.sqrt", [ir.FloatType()]), args)
+    return types.float32(types.float32), codegen
+
+
+# error_model="numpy": IEEE division (no Python ZeroDivisionError check, which blocks vectorizing).
+_jit = njit(cache=True, nogil=True, error_model="numpy")
+
+
+@_jit
+def _replay(p, m, v, r, first, last, lr, b1, b2, eps, decay, may_stop):
+    """Zero-gradient Adam steps `first`..`last` (1-based step numbers) on row `r`.
+
+    Element arithmetic in float32, as torch's float32 Adam; per-step scalars in float64."""
+    pr, mr, vr = p[r], m[r], v[r]
+    b1f, b2f, epsf, decayf = np.float32(b1), np.float32(b2), np.float32(eps), np.float32(decay)
+    b1_pow, b2_pow = b1**first, b2**first
+    s = first
+    while s <= last:
+        step_size = np.float32(lr / (1.0 - b1_pow))
+        bc2_sqrt = np.float32(math.sqrt(1.0 - b2_pow))
+        significant = 0  # elements whose update float32 would not round away
+        for e in range(pr.shape[0]):
+            mi = mr[e] * b1f
+            vi = vr[e] * b2f
+            update = step_size * mi / (_sqrt(vi) / bc2_sqrt + epsf)
+            w = pr[e] * decayf
+            significant += np.int32(abs(update) >= abs(w) * _HALF_ULP)
+            mr[e] = mi
+            vr[e] = vi
+            pr[e] = w - update
+        s += 1
+        b1_pow *= b1
+        b2_pow *= b2
+        if significant == 0 and may_stop and s <= last:
+            rest = last - s + 1
+            # Powers of the float32 factors that each skipped step would have multiplied by.
+            fm = np.float32(np.float64(b1f) ** rest)
+            fv = np.float32(np.float64(b2f) ** rest)
+            fp = np.float32(np.float64(decayf) ** rest)
+            for e in range(pr.shape[0]):
+                mr[e] = mr[e] * fm
+                vr[e] = vr[e] * fv
+                pr[e] = pr[e] * fp
+            return
+
+
+@_jit
+def _catch_up(p, m, v, current, ids, step, lr, b1, b2, eps, decay, may_stop):
+    """Bring every row named in `ids` (repeats allowed) up to `step`."""
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        if current[r] < step:
+            _replay(p, m, v, r, current[r] + 1, step, lr, b1, b2, eps, decay, may_stop)
+            current[r] = step
+
+
+@_jit
+def _catch_up_all(p, m, v, current, step, lr, b1, b2, eps, decay, may_stop):
+    for r in range(p.shape[0]):
+        if current[r] < step:
+            _replay(p, m, v, r, current[r] + 1, step, lr, b1, b2, eps, decay, may_stop)
+            current[r] = step
+
+
+@_jit
+def _step_rows(p, m, v, current, rows, grads, step, lr, b1, b2, eps, decay, may_stop):
+    """Adam step number `step` for the rows with a gradient (each row once), after the steps they missed."""
+    step_size = np.float32(lr / (1.0 - b1**step))
+    bc2_sqrt = np.float32(math.sqrt(1.0 - b2**step))
+    b1f, b2f, epsf, decayf = np.float32(b1), np.float32(b2), np.float32(eps), np.float32(decay)
+    one = np.float32(1.0)
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        if current[r] < step - 1:
+            _replay(p, m, v, r, current[r] + 1, step - 1, lr, b1, b2, eps, decay, may_stop)
+        pr, mr, vr, gr = p[r], m[r], v[r], grads[i]
+        for e in range(pr.shape[0]):
+            g = gr[e]
+            mi = mr[e] * b1f + (one - b1f) * g
+            vi = vr[e] * b2f + (one - b2f) * g * g
+            mr[e] = mi
+            vr[e] = vi
+            pr[e] = pr[e] * decayf - step_size * mi / (_sqrt(vi) / bc2_sqrt + epsf)
+        current[r] = step
+
+
+class DeferredAdam:
+    """Adam or AdamW: exact, deferred for the sparse-gradient embeddings, fused for the rest.
+
+    The embeddings must be `nn.Embedding(sparse=True)` on the CPU. A forward pre-hook brings the
+    rows a batch looks up up to date before the lookup; a state-dict pre-hook brings every row up
+    to date before the weights are read out; `flush()` does the same on demand.
+    """
+
+    def __init__(self, embeddings: list[torch.nn.Embedding], dense: list[torch.nn.Parameter], *, lr: float,
+                 betas, eps: float, weight_decay: float = 0.0, decoupled: bool = False, impl: dict | None = None):
+        if weight_decay and not decoupled:
+            raise ValueError("deferred Adam cannot replay L2 weight decay (every row has a gradient); use adamw")
+        b1, b2 = (float(b) for b in betas)
+        cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+        self.dense = cls(dense, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay,
+                         **(impl if impl is not None else {"fused": True})) if dense else None
+        self.embeddings = embeddings
+        self.weights = [e.weight for e in embeddings]
+        for w in self.weights:
+            if w.device.type != "cpu" or w.dtype != torch.float32:
+                raise ValueError("deferred Adam runs on float32 CPU embeddings")
+        self.sparse_group = {"params": self.weights, "lr": lr, "betas": (b1, b2), "eps": eps,
+                             "weight_decay": weight_decay}
+        self.param_groups = [self.sparse_group, *(self.dense.param_groups if self.dense else [])]
+        self.defaults = {"lr": lr}
+        self.step_count = 0
+        self.exp_avg = [torch.zeros_like(w) for w in self.weights]
+        self.exp_avg_sq = [torch.zeros_like(w) for w in self.weights]
+        # Per row: the step whose update it already has.
+        self.current = [np.zeros(w.shape[0], dtype=np.int64) for w in self.weights]
+        self._lr = lr
+        for i, emb in enumerate(embeddings):
+            emb.register_forward_pre_hook(self._lookup_hook(i))
+            emb.register_state_dict_pre_hook(lambda *_: self.flush())
+
+    def _scalars(self) -> tuple:
+        g = self.sparse_group
+        b1, b2 = g["betas"]
+        decay = 1.0 - self._lr * g["weight_decay"]
+        # The early stop relies on updates that shrink from step to step: true when beta1 < sqrt(beta2).
+        return self._lr, b1, b2, g["eps"], decay, b1 < math.sqrt(b2)
+
+    def _sync_lr(self) -> None:
+        """A changed learning rate applies from the next step on: replay the missed ones at the old rate first."""
+        if self.sparse_group["lr"] != self._lr:
+            self.flush()
+            self._lr = self.sparse_group["lr"]
+
+    def _arrays(self, i: int) -> tuple:
+        return self.weights[i].detach().numpy(), self.exp_avg[i].numpy(), self.exp_avg_sq[i].numpy(), self.current[i]
+
+    def _lookup_hook(self, i: int):
+        def hook(module, args):
+            if self.step_count:
+                self._sync_lr()
+                ids = args[0].detach().reshape(-1).numpy()
+                _catch_up(*self._arrays(i), ids, self.step_count, *self._scalars())
+        return hook
+
+    def flush(self) -> None:
+        """Bring every row up to the last step (before anything reads whole tables)."""
+        if self.step_count:
+            for i in range(len(self.weights)):
+                _catch_up_all(*self._arrays(i), self.step_count, *self._scalars())
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for w in self.weights:
+            w.grad = None
+        if self.dense:
+            self.dense.zero_grad(set_to_none)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self._sync_lr()
+        self.step_count += 1
+        for i, w in enumerate(self.weights):
+            if w.grad is None:
+                continue
+            if not w.grad.is_sparse:
+                raise ValueError("deferred Adam needs nn.Embedding(sparse=True)")
+            grad = w.grad.coalesce()
+            rows = grad.indices()[0].numpy()
+            values = grad.values().contiguous().numpy()
+            _step_rows(*self._arrays(i), rows, values, self.step_count, *self._scalars())
+        if self.dense:
+            self.dense.step()
+
+    def state_dict(self) -> dict:
+        self.flush()  # every row current: the state is plain Adam's
+        return {"step": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq,
+                "dense": self.dense.state_dict() if self.dense else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step"])
+        for mine, theirs in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
+            mine.copy_(theirs)
+        for current in self.current:
+            current.fill(self.step_count)
+        if self.dense:
+            self.dense.load_state_dict(state["dense"])

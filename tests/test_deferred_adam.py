@@ -1,0 +1,149 @@
+"""Deferred Adam: Adam's update for every embedding row, applied when the row is next read."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from rnnsweep import config, job
+from rnnsweep.data.batches import collate
+from rnnsweep.deferred_adam import DeferredAdam
+from rnnsweep.optim import ScatteredGrad, make_optimizer
+from test_fastpath import model, split_vocab_texts, texts, train_steps
+
+V, D = 1500, 16
+
+
+def zipf_gradients(steps: int, seed: int = 0):
+    """Sparse gradients over a Zipf-distributed vocabulary: a few rows every step, most rarely."""
+    g = torch.Generator().manual_seed(seed)
+    probs = 1 / torch.arange(1, V + 1).float()
+    for _ in range(steps):
+        rows = torch.multinomial(probs, 20, replacement=False, generator=g)
+        values = torch.randn(20, D, generator=g) * 1e-2
+        yield rows, torch.sparse_coo_tensor(rows[None], values, (V, D), check_invariants=False)
+
+
+def dense_adam(decoupled: bool, wd: float, steps: int, dtype, lr_at=lambda step: 1e-2, **impl) -> torch.Tensor:
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(V, D).to(dtype))
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    opt = cls([p], lr=lr_at(0), weight_decay=wd, **impl)
+    for step, (_, grad) in enumerate(zipf_gradients(steps)):
+        opt.param_groups[0]["lr"] = lr_at(step)
+        p.grad = grad.to_dense().to(dtype)
+        opt.step()
+    return p.detach()
+
+
+def deferred_adam(decoupled: bool, wd: float, steps: int, lr_at=lambda step: 1e-2, early_stop: bool = True):
+    torch.manual_seed(0)
+    start = torch.randn(V, D)  # as dense_adam's
+    emb = torch.nn.Embedding(V, D, sparse=True)
+    with torch.no_grad():
+        emb.weight.copy_(start)
+    opt = DeferredAdam([emb], [], lr=lr_at(0), betas=(0.9, 0.999), eps=1e-8, weight_decay=wd, decoupled=decoupled)
+    if not early_stop:
+        scalars = opt._scalars
+        opt._scalars = lambda: scalars()[:-1] + (False,)
+    for step, (rows, grad) in enumerate(zipf_gradients(steps)):
+        opt.param_groups[0]["lr"] = lr_at(step)
+        emb(rows)  # the lookup brings these rows up to date, as a forward pass does
+        emb.weight.grad = grad
+        opt.step()
+    return emb, opt
+
+
+@pytest.mark.parametrize("decoupled,wd", [(False, 0.0), (True, 0.05)], ids=["adam", "adamw"])
+def test_deferred_adam_is_as_close_to_float64_adam_as_torchs_float32_adam(decoupled, wd):
+    truth = dense_adam(decoupled, wd, 1500, torch.float64)
+    torch_error = (dense_adam(decoupled, wd, 1500, torch.float32, foreach=False).double() - truth).abs()
+    emb, _ = deferred_adam(decoupled, wd, 1500)
+    ours = emb.state_dict()["weight"]  # reading the weights out brings every row up to date
+    our_error = (ours.double() - truth).abs()
+    # Replaying a missed step wrongly (bias correction, decay, moments) costs orders of magnitude more.
+    assert our_error.max() <= 2 * torch_error.max()
+    assert our_error.mean() <= 2 * torch_error.mean()
+    assert (truth - torch.randn(V, D, generator=torch.Generator().manual_seed(0)).double()).abs().mean() > 1e3 * our_error.mean()
+
+
+def test_stopping_a_replay_once_updates_round_away_changes_nothing():
+    stopped, _ = deferred_adam(False, 0.0, 800)
+    full, _ = deferred_adam(False, 0.0, 800, early_stop=False)
+    torch.testing.assert_close(stopped.state_dict()["weight"], full.state_dict()["weight"], rtol=1e-6, atol=1e-7)
+
+
+def test_a_changed_learning_rate_applies_from_the_next_step_as_in_dense_adam():
+    def lr_at(step):
+        return 1e-2 if step < 300 else 3e-3
+    truth = dense_adam(False, 0.0, 600, torch.float64, lr_at=lr_at)
+    torch_error = (dense_adam(False, 0.0, 600, torch.float32, lr_at=lr_at, foreach=False).double() - truth).abs()
+    emb, _ = deferred_adam(False, 0.0, 600, lr_at=lr_at)
+    assert (emb.state_dict()["weight"].double() - truth).abs().max() <= 2 * torch_error.max()
+
+
+def test_rows_a_batch_skips_still_move_and_are_current_when_read():
+    data = split_vocab_texts()  # batch 1 uses tokens 2-19, later batches 30-49
+    dense, deferred = model(), model(sparse=True)
+    train_steps(dense, make_optimizer("adam", dense, lr=1e-2, betas=[0.9, 0.999], eps=1e-8, impl="fused"), 4, data)
+    opt = make_optimizer("adam", deferred, lr=1e-2, betas=[0.9, 0.999], eps=1e-8, embedding_grad="deferred")
+    assert isinstance(opt, DeferredAdam)
+    train_steps(deferred, opt, 4, data)
+    row = 5  # in batch 1 only: not yet replayed
+    assert opt.current[0][row] == 1
+    # Evaluating reads the row through the lookup, which replays its three missed steps first.
+    b = collate(data, torch.arange(16).numpy())
+    with torch.no_grad():
+        dense.eval(), deferred.eval()
+        torch.testing.assert_close(deferred(b.ids, b.lengths), dense(b.ids, b.lengths), rtol=1e-5, atol=1e-6)
+    assert opt.current[0][row] == 4
+    for (name, p), q in zip(deferred.state_dict().items(), dense.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_checkpoint_in_the_middle_continues_exactly():
+    data = texts(96)
+    whole, first = model(sparse=True), model(sparse=True)
+
+    def opt_for(net):
+        return make_optimizer("adamw", net, lr=1e-2, weight_decay=0.01, betas=[0.9, 0.999], eps=1e-8,
+                              embedding_grad="deferred")
+
+    opt = opt_for(whole)
+    train_steps(whole, opt, 6, data)
+    opt_first = opt_for(first)
+    train_steps(first, opt_first, 3, data)
+    saved = copy.deepcopy({"model": first.state_dict(), "optimizer": opt_first.state_dict()})
+    resumed = model(sparse=True)
+    resumed.load_state_dict(saved["model"])
+    opt_resumed = opt_for(resumed)
+    opt_resumed.load_state_dict(saved["optimizer"])
+    for i in range(3, 6):  # the remaining batches of the uninterrupted run
+        b = collate(data, torch.arange(i * 16, i * 16 + 16).numpy())
+        loss = torch.nn.functional.cross_entropy(resumed(b.ids, b.lengths), b.labels)
+        opt_resumed.zero_grad()
+        loss.backward()
+        opt_resumed.step()
+    for p, q in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(p, q)
+
+
+def test_auto_picks_deferred_on_the_cpu_except_for_adams_l2_decay(compose_cfg):
+    def resolved(overrides, device="cpu"):
+        return job.embedding_grad(config.validate(compose_cfg(overrides)), torch.device(device))
+
+    assert resolved([]) == "deferred"
+    assert resolved(["optimizer=adamw"]) == "deferred"
+    assert resolved(["optimizer.weight_decay=0.01"]) == "scattered"
+    assert resolved([], "cuda") == "dense"
+    assert resolved(["optimizer=sparse_adam"]) == "sparse"
+    assert resolved(["optimizer.embedding_grad=scattered"]) == "scattered"
+    with pytest.raises(ValueError, match="embedding_grad=deferred runs on the CPU"):
+        resolved(["optimizer.embedding_grad=deferred"], "cuda")
+    with pytest.raises(config.ConfigError, match="optimizer.weight_decay=0.01: must be 0 with embedding_grad=deferred"):
+        config.validate(compose_cfg(["optimizer.embedding_grad=deferred", "optimizer.weight_decay=0.01"]))
+    net = model(sparse=True)
+    assert isinstance(make_optimizer("adam", net, lr=1e-3, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.01,
+                                     embedding_grad="scattered"), ScatteredGrad)
