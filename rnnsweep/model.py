@@ -19,6 +19,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from . import cpu_gru
+
 RECURRENT = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 ARCHS = ("bow", *RECURRENT)
 POOLINGS = ("last", "mean", "max", "seed_mean", "seed_hlast")
@@ -56,6 +58,7 @@ class TextClassifier(nn.Module):
         pad_id: int = 0,
         sparse_embedding: bool = False,
         native_packing: bool = False,
+        compiled_gru: bool = True,
     ):
         super().__init__()
         if arch not in ARCHS:
@@ -66,6 +69,8 @@ class TextClassifier(nn.Module):
             raise ValueError("a bag of embeddings pools with mean or max")
         self.arch, self.pooling, self.packed = arch, pooling, packed
         self.native_packing = native_packing
+        # GRUs on the CPU run cpu_gru's compiled layer (same arithmetic); False: nn.GRU's own loop.
+        self.compiled_gru = compiled_gru
         self.bidirectional, self.num_layers = bidirectional, num_layers
         self.dropout = dropout
         # Sparse gradients: a step touches only the rows of the batch's tokens (optimizer=sparse_adam).
@@ -117,13 +122,13 @@ class TextClassifier(nn.Module):
                 h_last = h[-1]
             return self.fc(out.mean(dim=1) if self.pooling == "seed_mean" else h_last)
         if packed_on_padded:
-            out = self._bidirectional_padded(x, lengths) if self.bidirectional else self.rnn(x)[0]
+            out = self._bidirectional_padded(x, lengths) if self.bidirectional else self._stack(x)
         elif self.packed:
             out, _ = self._run_packed(x, lengths)
         elif self.bidirectional:
             out = self._bidirectional_padded(x, lengths)
         else:
-            out, _ = self.rnn(x)
+            out = self._stack(x)
         if self.pooling == "last":
             return self.fc(self._last(out, lengths))
         return self.fc(self._pool_masked(out, mask, lengths))
@@ -131,14 +136,32 @@ class TextClassifier(nn.Module):
     def _packed_on_padded(self, x, lengths, mask):
         """What a packed run returns, from the padded kernel: outputs zero after each sequence's
         end (as pad_packed_sequence gives them) and h_n[-1] (the last layer's last direction)."""
-        out = self._bidirectional_padded(x, lengths) if self.bidirectional else self.rnn(x)[0]
+        out = self._bidirectional_padded(x, lengths) if self.bidirectional else self._stack(x)
         out = out * mask.unsqueeze(2).to(out.dtype)
         if self.bidirectional:  # h_n[-1] is the backward direction's state after position 0
             return out, out[:, 0, out.size(2) // 2 :]
         return out, out[torch.arange(out.size(0), device=out.device), lengths.to(out.device) - 1]
 
     def _run_as_written(self, x, lengths):
-        return self._run_packed(x, lengths) if self.packed else self.rnn(x)
+        if self.packed:
+            return self._run_packed(x, lengths)
+        if self._compiled_gru(x, self.rnn):  # h[-1]: the last layer's state after the last (padded) step
+            out = self._stack(x)
+            return out, out[:, -1].unsqueeze(0)
+        return self.rnn(x)
+
+    def _compiled_gru(self, x, rnn) -> bool:
+        return self.compiled_gru and cpu_gru.applies(x, rnn)
+
+    def _stack(self, x: torch.Tensor) -> torch.Tensor:
+        """self.rnn(x)'s outputs for a unidirectional stack; a GRU on the CPU runs cpu_gru's kernel."""
+        if not self._compiled_gru(x, self.rnn):
+            return self.rnn(x)[0]
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0:
+                x = nn.functional.dropout(x, self.dropout, self.training)
+            x = cpu_gru.gru_layer(x, *(getattr(self.rnn, f"{name}_l{layer}") for name in cpu_gru.WEIGHTS))
+        return x
 
     def _run_packed(self, x, lengths):
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -157,12 +180,17 @@ class TextClassifier(nn.Module):
                     for name in twin._flat_weights_names  # e.g. weight_ih_l0, bias_hh_l0
                 }
                 if suffix:
-                    rev, _ = functional_call(twin, weights, (reverse_within_lengths(x, lengths),))
+                    rev = self._one_layer(twin, weights, reverse_within_lengths(x, lengths))
                     directions.append(reverse_within_lengths(rev, lengths))
                 else:
-                    directions.append(functional_call(twin, weights, (x,))[0])
+                    directions.append(self._one_layer(twin, weights, x))
             x = torch.cat(directions, dim=2)
         return x
+
+    def _one_layer(self, twin: nn.Module, weights: dict, x: torch.Tensor) -> torch.Tensor:
+        if self._compiled_gru(x, twin):
+            return cpu_gru.gru_layer(x, *(weights[f"{name}_l0"] for name in cpu_gru.WEIGHTS))
+        return functional_call(twin, weights, (x,))[0]
 
     def _last(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(out.size(0), device=out.device)

@@ -214,3 +214,39 @@ def test_row_adam_is_torchs_sparse_adam():
             (emb(ids) ** 2).sum().backward()
             opt.step()
     torch.testing.assert_close(ours.weight, theirs.weight, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layers,bidirectional,pooling,packed", [
+    (1, False, "last", False), (2, False, "mean", False), (1, False, "seed_hlast", False),
+    (1, False, "seed_mean", True), (1, True, "last", False), (2, True, "max", True),
+])
+def test_the_compiled_cpu_gru_computes_what_nn_gru_does(layers, bidirectional, pooling, packed):
+    data = texts(12, seed=4)
+    b = collate(data, np.arange(12))
+    nets = []
+    for compiled in (True, False):
+        torch.manual_seed(0)
+        nets.append(TextClassifier(60, 4, arch="gru", embed_dim=8, hidden_dim=6, num_layers=layers,
+                                   bidirectional=bidirectional, pooling=pooling, packed=packed, compiled_gru=compiled))
+    outs = [net(b.ids, b.lengths) for net in nets]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    for out in outs:
+        out.square().sum().backward()
+    for (name, p), q in zip(nets[0].named_parameters(), nets[1].parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    with torch.inference_mode():  # evaluation runs the same kernel without a graph
+        torch.testing.assert_close(nets[0](b.ids, b.lengths), nets[1](b.ids, b.lengths), rtol=1e-5, atol=1e-6)
+
+
+def test_the_compiled_gru_layer_gives_nn_grus_input_gradient_at_lesson_sizes():
+    from rnnsweep.cpu_gru import gru_layer
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(64, 32, batch_first=True)
+    x = torch.randn(16, 43, 64, requires_grad=True)
+    weights = [gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0]
+    grad = torch.randn(16, 43, 32)
+    expected = torch.autograd.grad(gru(x)[0], [x, *weights], grad)
+    out = gru_layer(x, *weights)
+    torch.testing.assert_close(out, gru(x)[0], rtol=1e-5, atol=1e-6)
+    for ours, theirs in zip(torch.autograd.grad(out, [x, *weights], grad), expected):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
