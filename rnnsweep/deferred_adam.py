@@ -13,8 +13,8 @@ update away, so the replay stops there and only decays the moments for the remai
 AdamW's decoupled decay of the weight) in closed form. The result is Adam's, to float32 rounding,
 as fused and for-loop Adam agree with each other.
 
-The loops are compiled by numba: they run over a few hundred rows per step, element by element,
-which is exactly what Python and whole-tensor torch ops are bad at.
+The loops are compiled by numba (see numba_math): they run over a few hundred rows per step,
+element by element, which is exactly what Python and whole-tensor torch ops are bad at.
 """
 
 from __future__ import annotations
@@ -23,24 +23,12 @@ import math
 
 import numpy as np
 import torch
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic
+
+from .numba_math import JIT as _jit
+from .numba_math import sqrt as _sqrt
 
 # Below this |update| / |weight|, float32 round-to-nearest leaves the weight unchanged (half an ulp).
 _HALF_ULP = np.float32(2.0**-25)
-
-# numba's own sqrt calls libm's sqrtf, which LLVM will not vectorize; llvm.sqrt is the same
-# correctly rounded IEEE square root, as one vector instruction for eight floats.
-@intrinsic
-def _sqrt(typingctx, x):
-    def codegen(context, builder, signature, args):
-        return builder.call(builder.module.declare_intrinsic("llvm.sqrt", [ir.FloatType()]), args)
-    return types.float32(types.float32), codegen
-
-
-# error_model="numpy": IEEE division (no Python ZeroDivisionError check, which blocks vectorizing).
-_jit = njit(cache=True, nogil=True, error_model="numpy")
 
 
 @_jit

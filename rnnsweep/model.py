@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from . import cpu_gru
+from . import cpu_rnn
 
 RECURRENT = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 ARCHS = ("bow", *RECURRENT)
@@ -58,7 +58,7 @@ class TextClassifier(nn.Module):
         pad_id: int = 0,
         sparse_embedding: bool = False,
         native_packing: bool = False,
-        compiled_gru: bool = True,
+        compiled_rnn: bool = True,
     ):
         super().__init__()
         if arch not in ARCHS:
@@ -69,8 +69,8 @@ class TextClassifier(nn.Module):
             raise ValueError("a bag of embeddings pools with mean or max")
         self.arch, self.pooling, self.packed = arch, pooling, packed
         self.native_packing = native_packing
-        # GRUs on the CPU run cpu_gru's compiled layer (same arithmetic); False: nn.GRU's own loop.
-        self.compiled_gru = compiled_gru
+        # GRUs and RNNs on the CPU run cpu_rnn's compiled layers (same arithmetic); False: torch's own loop.
+        self.compiled_rnn = compiled_rnn
         self.bidirectional, self.num_layers = bidirectional, num_layers
         self.dropout = dropout
         # Sparse gradients: a step touches only the rows of the batch's tokens (optimizer=sparse_adam).
@@ -145,22 +145,22 @@ class TextClassifier(nn.Module):
     def _run_as_written(self, x, lengths):
         if self.packed:
             return self._run_packed(x, lengths)
-        if self._compiled_gru(x, self.rnn):  # h[-1]: the last layer's state after the last (padded) step
+        if self._compiled(x, self.rnn):  # h[-1]: the last layer's state after the last (padded) step
             out = self._stack(x)
             return out, out[:, -1].unsqueeze(0)
         return self.rnn(x)
 
-    def _compiled_gru(self, x, rnn) -> bool:
-        return self.compiled_gru and cpu_gru.applies(x, rnn)
+    def _compiled(self, x, rnn) -> bool:
+        return self.compiled_rnn and cpu_rnn.applies(x, rnn)
 
     def _stack(self, x: torch.Tensor) -> torch.Tensor:
-        """self.rnn(x)'s outputs for a unidirectional stack; a GRU on the CPU runs cpu_gru's kernel."""
-        if not self._compiled_gru(x, self.rnn):
+        """self.rnn(x)'s outputs for a unidirectional stack; a GRU or RNN on the CPU runs cpu_rnn's kernel."""
+        if not self._compiled(x, self.rnn):
             return self.rnn(x)[0]
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0:
                 x = nn.functional.dropout(x, self.dropout, self.training)
-            x = cpu_gru.gru_layer(x, *(getattr(self.rnn, f"{name}_l{layer}") for name in cpu_gru.WEIGHTS))
+            x = cpu_rnn.layer(self.rnn, x, *(getattr(self.rnn, f"{name}_l{layer}") for name in cpu_rnn.WEIGHTS))
         return x
 
     def _run_packed(self, x, lengths):
@@ -188,8 +188,8 @@ class TextClassifier(nn.Module):
         return x
 
     def _one_layer(self, twin: nn.Module, weights: dict, x: torch.Tensor) -> torch.Tensor:
-        if self._compiled_gru(x, twin):
-            return cpu_gru.gru_layer(x, *(weights[f"{name}_l0"] for name in cpu_gru.WEIGHTS))
+        if self._compiled(x, twin):
+            return cpu_rnn.layer(twin, x, *(weights[f"{name}_l0"] for name in cpu_rnn.WEIGHTS))
         return functional_call(twin, weights, (x,))[0]
 
     def _last(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

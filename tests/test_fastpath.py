@@ -220,14 +220,15 @@ def test_row_adam_is_torchs_sparse_adam():
     (1, False, "last", False), (2, False, "mean", False), (1, False, "seed_hlast", False),
     (1, False, "seed_mean", True), (1, True, "last", False), (2, True, "max", True),
 ])
-def test_the_compiled_cpu_gru_computes_what_nn_gru_does(layers, bidirectional, pooling, packed):
+@pytest.mark.parametrize("arch", ["gru", "rnn"])
+def test_the_compiled_cpu_layers_compute_what_torchs_gru_and_rnn_do(arch, layers, bidirectional, pooling, packed):
     data = texts(12, seed=4)
     b = collate(data, np.arange(12))
     nets = []
     for compiled in (True, False):
         torch.manual_seed(0)
-        nets.append(TextClassifier(60, 4, arch="gru", embed_dim=8, hidden_dim=6, num_layers=layers,
-                                   bidirectional=bidirectional, pooling=pooling, packed=packed, compiled_gru=compiled))
+        nets.append(TextClassifier(60, 4, arch=arch, embed_dim=8, hidden_dim=6, num_layers=layers,
+                                   bidirectional=bidirectional, pooling=pooling, packed=packed, compiled_rnn=compiled))
     outs = [net(b.ids, b.lengths) for net in nets]
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
     for out in outs:
@@ -238,15 +239,18 @@ def test_the_compiled_cpu_gru_computes_what_nn_gru_does(layers, bidirectional, p
         torch.testing.assert_close(nets[0](b.ids, b.lengths), nets[1](b.ids, b.lengths), rtol=1e-5, atol=1e-6)
 
 
-def test_the_compiled_gru_layer_gives_nn_grus_input_gradient_at_lesson_sizes():
-    from rnnsweep.cpu_gru import gru_layer
+@pytest.mark.parametrize("kind", [torch.nn.GRU, torch.nn.RNN])
+def test_a_compiled_layer_gives_torchs_outputs_and_gradients_at_lesson_sizes(kind):
+    from rnnsweep import cpu_rnn
     torch.manual_seed(0)
-    gru = torch.nn.GRU(64, 32, batch_first=True)
+    rnn = kind(64, 32, batch_first=True)
     x = torch.randn(16, 43, 64, requires_grad=True)
-    weights = [gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0]
+    weights = [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
     grad = torch.randn(16, 43, 32)
-    expected = torch.autograd.grad(gru(x)[0], [x, *weights], grad)
-    out = gru_layer(x, *weights)
-    torch.testing.assert_close(out, gru(x)[0], rtol=1e-5, atol=1e-6)
+    expected = torch.autograd.grad(rnn(x)[0], [x, *weights], grad)
+    out = cpu_rnn.layer(rnn, x, *weights)
+    torch.testing.assert_close(out, rnn(x)[0], rtol=1e-5, atol=1e-6)
     for ours, theirs in zip(torch.autograd.grad(out, [x, *weights], grad), expected):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    relu = torch.nn.RNN(64, 32, nonlinearity="relu")
+    assert cpu_rnn.applies(x, rnn) and not cpu_rnn.applies(x, relu) and not cpu_rnn.applies(x.double(), rnn)

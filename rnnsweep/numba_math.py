@@ -1,0 +1,69 @@
+"""float32 math for rnnsweep's numba loops, written so that LLVM can vectorize the loops.
+
+numba turns math.sqrt, math.exp and math.tanh into calls to the C library, which LLVM will not
+vectorize, and its Python-style division checks for zero. The loops here run a few thousand
+elements per call, so eight lanes per instruction decide their speed:
+
+- `sqrt` is LLVM's square root intrinsic (IEEE, correctly rounded, as libm's);
+- `exp`, `sigmoid` and `tanh` are the Cephes float32 routines (range reduction and a
+  polynomial). Measured over 3 million points in [-30, 30] against float64: exp within 0.98 ulp,
+  sigmoid 2.41 (torch's own float32 sigmoid: 2.46), tanh 1.28 (torch: 0.51);
+- `JIT` compiles with numpy's error model (IEEE division) and caches the machine code on disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+JIT = njit(cache=True, nogil=True, error_model="numpy")
+_INLINE = njit(cache=True, nogil=True, error_model="numpy", inline="always")
+F = np.float32
+
+
+@intrinsic
+def sqrt(typingctx, x):
+    def codegen(context, builder, signature, args):
+        return builder.call(builder.module.declare_intrinsic("llvm.sqrt", [ir.FloatType()]), args)
+    return types.float32(types.float32), codegen
+
+
+@intrinsic
+def _bits_as_float(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@_INLINE
+def exp(x):
+    x = min(max(x, F(-87.3)), F(88.0))
+    # n = round(x / ln 2) by the 1.5 * 2**23 trick; r = x - n ln 2 in two parts (Cody-Waite).
+    n = (x * F(1.44269504088896341) + F(12582912.0)) - F(12582912.0)
+    r = x - n * F(0.693359375) - n * F(-2.12194440e-4)
+    p = F(1.9875691500e-4)
+    p = p * r + F(1.3981999507e-3)
+    p = p * r + F(8.3334519073e-3)
+    p = p * r + F(4.1665795894e-2)
+    p = p * r + F(1.6666665459e-1)
+    p = p * r + F(5.0000001201e-1)
+    p = p * r * r + r + F(1.0)
+    return p * _bits_as_float((np.int32(n) + np.int32(127)) << np.int32(23))  # p * 2**n
+
+
+@_INLINE
+def sigmoid(x):
+    return F(1.0) / (F(1.0) + exp(-x))
+
+
+@_INLINE
+def tanh(x):
+    a = abs(x)
+    z = x * x
+    near_zero = ((((F(-5.70498872745e-3) * z + F(2.06390887954e-2)) * z - F(5.37397155531e-2)) * z
+                  + F(1.33314422036e-1)) * z - F(3.33332819422e-1)) * z * x + x
+    far = F(1.0) - F(2.0) / (exp(a + a) + F(1.0))
+    far = far if x >= F(0.0) else -far
+    return near_zero if a < F(0.625) else far
