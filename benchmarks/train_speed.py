@@ -1,5 +1,8 @@
 """Training throughput: the lesson's procedure vs rnnsweep, lever by lever, and the bare kernel.
 
+First, one recurrent layer's forward and backward alone: torch's RNN/GRU/LSTM against the
+compiled layers rnnsweep runs for the RNN and GRU on the CPU (rnnsweep/cpu_rnn.py).
+
     python benchmarks/train_speed.py                  # generated AG News-sized data (~95k vocabulary)
     python benchmarks/train_speed.py --data DIR       # a directory with AG News-format train.csv/test.csv
     python benchmarks/train_speed.py --epoch-size 120000   # a whole epoch (slow: the reference is)
@@ -98,6 +101,40 @@ def bare_kernel(data: Path, work: Path, epoch_size: int, bucket: bool) -> float:
     return sum(len(b) for b in ready) / (time.perf_counter() - started)
 
 
+def layer_times(steps: int = 50, repeats: int = 200) -> None:
+    """One recurrent layer's forward + backward at the lesson's sizes: torch's layer vs rnnsweep's."""
+    from rnnsweep import cpu_rnn
+
+    torch.manual_seed(0)
+    x = torch.randn(16, steps, 64, requires_grad=True)
+    grad = torch.randn(16, steps, 32)
+    print(f"\nOne layer, forward + backward, batch 16, {steps} steps, 64 -> 32 (ms; best of 2):\n")
+    print("| layer | torch | rnnsweep | ratio |")
+    print("|---|---|---|---|")
+    for cls in (torch.nn.RNN, torch.nn.GRU, torch.nn.LSTM):
+        rnn = cls(64, 32, batch_first=True)
+        weights = [getattr(rnn, f"{name}_l0") for name in cpu_rnn.WEIGHTS]
+        runs = {"torch": lambda: rnn(x)[0]}
+        if cpu_rnn.applies(x, rnn):
+            runs["rnnsweep"] = lambda: cpu_rnn.layer(rnn, x, *weights)
+        ms = {}
+        for name, run in runs.items():
+            for _ in range(5):
+                run().backward(grad)
+            best = float("inf")
+            for _ in range(2):
+                started = time.perf_counter()
+                for _ in range(repeats):
+                    run().backward(grad)
+                best = min(best, (time.perf_counter() - started) / repeats * 1e3)
+            ms[name] = best
+        if "rnnsweep" in ms:
+            print(f"| {cls.__name__} | {ms['torch']:.2f} | {ms['rnnsweep']:.2f} (compiled) | "
+                  f"{ms['torch'] / ms['rnnsweep']:.1f}x |")
+        else:
+            print(f"| {cls.__name__} | {ms['torch']:.2f} (oneDNN) | the same layer | 1.0x |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, help="a directory with AG News-format train.csv and test.csv")
@@ -108,6 +145,7 @@ def main() -> None:
     p.add_argument("--no-levers", action="store_true", help="skip the lever-by-lever table")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    layer_times()
     work = Path(tempfile.mkdtemp(prefix="rnnsweep-bench-train-"))
     data = args.data or agnews_like.write(work / "data")
     n = args.epoch_size

@@ -9,6 +9,10 @@ elements per call, so eight lanes per instruction decide their speed:
   polynomial). Measured over 3 million points in [-30, 30] against float64: exp within 0.98 ulp,
   sigmoid 2.41 (torch's own float32 sigmoid: 2.46), tanh 1.28 (torch: 0.51);
 - `JIT` compiles with numpy's error model (IEEE division) and caches the machine code on disk.
+
+numba's disk cache is keyed by each kernel's own source file, not by the helpers it inlines from
+here: after editing this module, delete `rnnsweep/__pycache__/*.nb[ic]` (an installed release
+is recompiled anyway, its files being new).
 """
 
 from __future__ import annotations
