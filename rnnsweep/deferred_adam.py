@@ -88,15 +88,16 @@ def _catch_up_all(p, m, v, current, step, lr, b1, b2, eps, decay, may_stop):
 
 
 @_jit
-def _step_rows(p, m, v, current, rows, grads, step, lr, b1, b2, eps, decay, may_stop):
-    """Adam step number `step` for the rows with a gradient (each row once), after the steps they missed."""
+def _step_rows(p, m, v, current, rows, grads, step, lr, b1, b2, eps, decay, may_stop, replay=True):
+    """Adam step number `step` for the rows with a gradient (each row once), after the steps they
+    missed (replay=False: without them, which is lazy Adam, optimizer=sparse_adam)."""
     step_size = np.float32(lr / (1.0 - b1**step))
     bc2_sqrt = np.float32(math.sqrt(1.0 - b2**step))
     b1f, b2f, epsf, decayf = np.float32(b1), np.float32(b2), np.float32(eps), np.float32(decay)
     one = np.float32(1.0)
     for i in range(rows.shape[0]):
         r = rows[i]
-        if current[r] < step - 1:
+        if replay and current[r] < step - 1:
             _replay(p, m, v, r, current[r] + 1, step - 1, lr, b1, b2, eps, decay, may_stop)
         pr, mr, vr, gr = p[r], m[r], v[r], grads[i]
         for e in range(pr.shape[0]):

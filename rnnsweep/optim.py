@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
@@ -38,6 +39,11 @@ class RowAdam:
         self.step_count = 0
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self._compiled = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+        if self._compiled:  # the same update as one compiled loop over the rows (deferred_adam, no replay)
+            from .deferred_adam import _step_rows
+            self._step_rows = _step_rows
+            self._unused = [np.zeros(p.shape[0], dtype=np.int64) for p in params]
 
     @torch.no_grad()
     def step(self) -> None:
@@ -45,11 +51,15 @@ class RowAdam:
         t, b1, b2 = self.step_count, self.beta1, self.beta2
         step_size = self.lr / (1 - b1**t)
         root_bc2 = math.sqrt(1 - b2**t)
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+        for i, (p, m, v) in enumerate(zip(self.params, self.exp_avg, self.exp_avg_sq)):
             if p.grad is None:
                 continue
             grad = p.grad.coalesce()
             rows, g = grad.indices()[0], grad.values()
+            if self._compiled:
+                self._step_rows(p.detach().numpy(), m.numpy(), v.numpy(), self._unused[i], rows.numpy(),
+                                g.contiguous().numpy(), t, self.lr, b1, b2, self.eps, 1.0, False, False)
+                continue
             m_rows = m.index_select(0, rows).lerp_(g, 1 - b1)
             v_rows = v.index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
             m.index_copy_(0, rows, m_rows)

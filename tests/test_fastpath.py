@@ -201,9 +201,11 @@ def test_fast_path_settings_that_would_do_nothing_or_break_are_refused(compose_c
         config.validate(compose_cfg(overrides))
 
 
-def test_row_adam_is_torchs_sparse_adam():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["compiled", "torch-ops"])
+def test_row_adam_is_torchs_sparse_adam(dtype):
     torch.manual_seed(0)
-    ours, theirs = torch.nn.Embedding(50, 8, sparse=True), torch.nn.Embedding(50, 8, sparse=True)
+    ours = torch.nn.Embedding(50, 8, sparse=True, dtype=dtype)
+    theirs = torch.nn.Embedding(50, 8, sparse=True, dtype=dtype)
     theirs.load_state_dict(ours.state_dict())
     row_adam = RowAdam(list(ours.parameters()), lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
     sparse_adam = torch.optim.SparseAdam(list(theirs.parameters()), lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
