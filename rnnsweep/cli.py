@@ -130,6 +130,14 @@ def app(cfg: DictConfig) -> float:
     return m.get("val/acc", math.nan)
 
 
+def _release_parallel_workers() -> None:
+    """launcher=parallel keeps its loky worker processes for reuse, and the interpreter's exit
+    waits several seconds for them to wind down; a finished sweep reuses nothing, so stop them now."""
+    loky = sys.modules.get("joblib.externals.loky")
+    if loky is not None:
+        loky.get_reusable_executor().shutdown(wait=False, kill_workers=True)
+
+
 class SweepSummary(Callback):
     """At the end of a multirun: what every job did, the report, and a non-zero exit if any failed."""
 
@@ -166,6 +174,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from . import runner
 
+        _release_parallel_workers()
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = runner.read_jobs(sweep_dir, since=self.started)
         if not jobs:
