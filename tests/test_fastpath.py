@@ -176,19 +176,24 @@ def test_scattered_embedding_gradient_is_adams_update():
     (1, True, "last"), (2, True, "mean"), (1, True, "max"),
 ])
 def test_packed_batches_on_the_padded_kernel_equal_pytorchs_packed_path(arch, layers, bidirectional, pooling):
-    data = texts(12, seed=3)
-    b = collate(data, np.arange(12))
+    assert_twins_agree("native_packing", 3, 1e-5, arch=arch, num_layers=layers, bidirectional=bidirectional,
+                       pooling=pooling, packed=True)
+
+
+def assert_twins_agree(switch: str, data_seed: int, grad_rtol: float, **model_kw):
+    """Two models alike but for `switch` (on, off) give the same outputs and gradients on one batch."""
+    b = collate(texts(12, seed=data_seed), np.arange(12))
     nets = []
-    for native in (True, False):
+    for on in (True, False):
         torch.manual_seed(0)
-        nets.append(TextClassifier(60, 4, arch=arch, embed_dim=8, hidden_dim=6, num_layers=layers,
-                                   bidirectional=bidirectional, pooling=pooling, packed=True, native_packing=native))
+        nets.append(TextClassifier(60, 4, embed_dim=8, hidden_dim=6, **model_kw, **{switch: on}))
     outs = [net(b.ids, b.lengths) for net in nets]
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
-    for net, out in zip(nets, outs):
+    for out in outs:
         out.square().sum().backward()
-    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(nets[0].named_parameters(), nets[1].parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=grad_rtol, atol=1e-6, msg=name)
+    return nets, b
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -224,19 +229,8 @@ def test_row_adam_is_torchs_sparse_adam(dtype):
 ])
 @pytest.mark.parametrize("arch", ["gru", "rnn"])
 def test_the_compiled_cpu_layers_compute_what_torchs_gru_and_rnn_do(arch, layers, bidirectional, pooling, packed):
-    data = texts(12, seed=4)
-    b = collate(data, np.arange(12))
-    nets = []
-    for compiled in (True, False):
-        torch.manual_seed(0)
-        nets.append(TextClassifier(60, 4, arch=arch, embed_dim=8, hidden_dim=6, num_layers=layers,
-                                   bidirectional=bidirectional, pooling=pooling, packed=packed, compiled_rnn=compiled))
-    outs = [net(b.ids, b.lengths) for net in nets]
-    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
-    for out in outs:
-        out.square().sum().backward()
-    for (name, p), q in zip(nets[0].named_parameters(), nets[1].parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    nets, b = assert_twins_agree("compiled_rnn", 4, 1e-4, arch=arch, num_layers=layers, bidirectional=bidirectional,
+                                 pooling=pooling, packed=packed)
     with torch.inference_mode():  # evaluation runs the same kernel without a graph
         torch.testing.assert_close(nets[0](b.ids, b.lengths), nets[1](b.ids, b.lengths), rtol=1e-5, atol=1e-6)
 
