@@ -133,9 +133,10 @@ def app(cfg: DictConfig) -> float:
 def _release_parallel_workers() -> None:
     """launcher=parallel keeps its loky worker processes for reuse, and the interpreter's exit
     waits several seconds for them to wind down; a finished sweep reuses nothing, so stop them now."""
-    loky = sys.modules.get("joblib.externals.loky")
-    if loky is not None:
-        loky.get_reusable_executor().shutdown(wait=False, kill_workers=True)
+    reusable = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(reusable, "_executor", None)  # None unless this process started workers
+    if executor is not None:
+        executor.shutdown(wait=False, kill_workers=True)
 
 
 class SweepSummary(Callback):

@@ -88,7 +88,7 @@ def _catch_up_all(p, m, v, current, step, lr, b1, b2, eps, decay, may_stop):
 
 
 @_jit
-def _step_rows(p, m, v, current, rows, grads, step, lr, b1, b2, eps, decay, may_stop, replay=True):
+def adam_rows(p, m, v, current, rows, grads, step, lr, b1, b2, eps, decay, may_stop, replay=True):
     """Adam step number `step` for the rows with a gradient (each row once), after the steps they
     missed (replay=False: without them, which is lazy Adam, optimizer=sparse_adam)."""
     step_size = np.float32(lr / (1.0 - b1**step))
@@ -193,7 +193,7 @@ class DeferredAdam:
             grad = w.grad.coalesce()
             rows = grad.indices()[0].numpy()
             values = grad.values().contiguous().numpy()
-            _step_rows(*self._arrays(i), rows, values, self.step_count, *self._scalars())
+            adam_rows(*self._arrays(i), rows, values, self.step_count, *self._scalars())
         if self.dense:
             self.dense.step()
 

@@ -27,11 +27,13 @@ def _adam_impl(impl: str, params: list[torch.nn.Parameter]) -> dict[str, bool]:
 
 
 class RowAdam:
-    """torch.optim.SparseAdam's algorithm (lazy Adam) as a handful of row-indexed ops.
+    """torch.optim.SparseAdam's algorithm (lazy Adam), row by row.
 
     For the rows a step's sparse gradient names: m, v <- Adam's moment updates; p <- Adam's step
     with the global bias corrections. Other rows are left alone. SparseAdam builds several sparse
-    tensors per step to do this; on a CPU that costs more than the recurrent layer at batch 16."""
+    tensors per step to do this; on a CPU that costs more than the recurrent layer at batch 16.
+    Here float32 CPU tables take deferred Adam's compiled row loop (without its replay), anything
+    else a handful of row-indexed torch ops."""
 
     def __init__(self, params: list[torch.nn.Parameter], *, lr: float, betas, eps: float):
         self.params, self.lr, (self.beta1, self.beta2), self.eps = params, lr, tuple(betas), eps
@@ -40,9 +42,10 @@ class RowAdam:
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
         self._compiled = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
-        if self._compiled:  # the same update as one compiled loop over the rows (deferred_adam, no replay)
-            from .deferred_adam import _step_rows
-            self._step_rows = _step_rows
+        if self._compiled:
+            from .deferred_adam import adam_rows
+            self._adam_rows = adam_rows
+            # adam_rows records each row's last step for deferred Adam's replay; lazy Adam never reads it.
             self._unused = [np.zeros(p.shape[0], dtype=np.int64) for p in params]
 
     @torch.no_grad()
@@ -57,7 +60,7 @@ class RowAdam:
             grad = p.grad.coalesce()
             rows, g = grad.indices()[0], grad.values()
             if self._compiled:
-                self._step_rows(p.detach().numpy(), m.numpy(), v.numpy(), self._unused[i], rows.numpy(),
+                self._adam_rows(p.detach().numpy(), m.numpy(), v.numpy(), self._unused[i], rows.numpy(),
                                 g.contiguous().numpy(), t, self.lr, b1, b2, self.eps, 1.0, False, False)
                 continue
             m_rows = m.index_select(0, rows).lerp_(g, 1 - b1)
