@@ -126,7 +126,6 @@ class DeferredAdam:
         cls = torch.optim.AdamW if decoupled else torch.optim.Adam
         self.dense = cls(dense, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay,
                          **(impl if impl is not None else {"fused": True})) if dense else None
-        self.embeddings = embeddings
         self.weights = [e.weight for e in embeddings]
         for w in self.weights:
             if w.device.type != "cpu" or w.dtype != torch.float32:
@@ -142,8 +141,10 @@ class DeferredAdam:
         self.current = [np.zeros(w.shape[0], dtype=np.int64) for w in self.weights]
         self._lr = lr
         for i, emb in enumerate(embeddings):
+            # The newest optimizer owns the table: hooks an earlier one left behind do nothing.
+            emb._deferred_adam = self
             emb.register_forward_pre_hook(self._lookup_hook(i))
-            emb.register_state_dict_pre_hook(lambda *_: self.flush())
+            emb.register_state_dict_pre_hook(lambda module, *_: module._deferred_adam is self and self.flush())
 
     def _scalars(self) -> tuple:
         g = self.sparse_group
@@ -163,7 +164,7 @@ class DeferredAdam:
 
     def _lookup_hook(self, i: int):
         def hook(module, args):
-            if self.step_count:
+            if self.step_count and module._deferred_adam is self:
                 self._sync_lr()
                 ids = args[0].detach().reshape(-1).numpy()
                 _catch_up(*self._arrays(i), ids, self.step_count, *self._scalars())

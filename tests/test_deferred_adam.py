@@ -147,3 +147,20 @@ def test_auto_picks_deferred_on_the_cpu_except_for_adams_l2_decay(compose_cfg):
     net = model(sparse=True)
     assert isinstance(make_optimizer("adam", net, lr=1e-3, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.01,
                                      embedding_grad="scattered"), ScatteredGrad)
+
+
+def test_a_second_optimizer_on_the_same_model_takes_over_the_table():
+    data = split_vocab_texts()  # batch 1 alone uses tokens 2-19: later steps leave them behind
+    net, fresh = model(sparse=True), model(sparse=True)
+
+    def opt_for(m):
+        return make_optimizer("adam", m, lr=1e-2, betas=[0.9, 0.999], eps=1e-8, embedding_grad="deferred")
+
+    train_steps(net, opt_for(net), 3, data)  # leaves rows behind, and its hooks on the embedding
+    with torch.no_grad():  # the parameters as they are, without the first optimizer's pending steps
+        for p, q in zip(net.parameters(), fresh.parameters()):
+            q.copy_(p)
+    train_steps(net, opt_for(net), 3, data)
+    train_steps(fresh, opt_for(fresh), 3, data)
+    for p, q in zip(net.state_dict().values(), fresh.state_dict().values()):
+        torch.testing.assert_close(p, q)
