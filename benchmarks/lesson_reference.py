@@ -107,14 +107,15 @@ class LSTMPackClassifier(LSTMClassifier):
 CLASSIFIERS = {"rnn": RNNClassifier, "lstm": LSTMClassifier, "gru": GRUClassifier, "packed_lstm": LSTMPackClassifier}
 
 
-def train_epoch(net, dataloader, lr=0.001, epoch_size=None, report_freq=200, use_lengths=False):
-    """The lesson's loop; returns (examples seen, mean loss, accuracy)."""
+def train_epoch(net, dataloader, lr=0.001, epoch_size=None, report_freq=200, use_lengths=False, device="cpu"):
+    """The lesson's loop; returns (examples seen, mean loss, accuracy). Like the lesson, it moves
+    each batch to `device` as it comes (lengths stay on the CPU, where packing wants them)."""
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     net.train()
     total_loss, acc, count, i = 0, 0, 0, 0
     for batch in dataloader:
-        labels, features = batch[0], batch[1]
+        labels, features = batch[0].to(device), batch[1].to(device)
         optimizer.zero_grad()
         out = net(features, batch[2]) if use_lengths else net(features)
         loss = loss_fn(out, labels)
@@ -133,11 +134,12 @@ def train_epoch(net, dataloader, lr=0.001, epoch_size=None, report_freq=200, use
 
 
 @torch.no_grad()
-def accuracy(net, dataloader, use_lengths=False) -> float:
+def accuracy(net, dataloader, use_lengths=False, device="cpu") -> float:
     net.eval()
     right = total = 0
     for batch in dataloader:
-        out = net(batch[1], batch[2]) if use_lengths else net(batch[1])
-        right += int((out.argmax(1) == batch[0]).sum())
+        labels, features = batch[0].to(device), batch[1].to(device)
+        out = net(features, batch[2]) if use_lengths else net(features)
+        right += int((out.argmax(1) == labels).sum())
         total += len(batch[0])
     return right / max(total, 1)

@@ -6,6 +6,7 @@ compiled layers rnnsweep runs for the RNN and GRU on the CPU (rnnsweep/cpu_rnn.p
     python benchmarks/train_speed.py                  # generated AG News-sized data (~95k vocabulary)
     python benchmarks/train_speed.py --data DIR       # a directory with AG News-format train.csv/test.csv
     python benchmarks/train_speed.py --epoch-size 120000   # a whole epoch (slow: the reference is)
+    python benchmarks/train_speed.py --device cuda    # both sides on the GPU (the lesson moves its model there too)
 
 Everything runs in this one process, one configuration after the other, on the same data, at the
 lesson's settings: embed 64, hidden 32, batch 16, Adam lr 1e-3, one epoch of `--epoch-size`
@@ -46,13 +47,14 @@ LESSONS = {  # reference classifier -> the rnnsweep overrides that build the sam
 }
 
 
-def rnnsweep_run(overrides: list[str], data: Path, epoch_size: int, work: Path, threads: int) -> dict:
+def rnnsweep_run(overrides: list[str], data: Path, epoch_size: int, work: Path, threads: int,
+                 device: str = "cpu") -> dict:
     config.register_schemas()
     with initialize_config_dir(config_dir=cli.config_dir(), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             "experiment=seed_notebook", "data=ag_news", f"data.root={data}", "data.download=false",
             f"train.epoch_size={epoch_size}", "logger=none", "runtime.progress=off", f"runtime.threads={threads}",
-            f"runtime.cache_dir={work / 'cache'}", *overrides,
+            f"runtime.cache_dir={work / 'cache'}", f"runtime.device={device}", *overrides,
         ])
     settings = config.validate(cfg)
     out = Path(tempfile.mkdtemp(dir=work))
@@ -61,20 +63,21 @@ def rnnsweep_run(overrides: list[str], data: Path, epoch_size: int, work: Path, 
     return {"ex_s": m["train/examples_per_s"], "acc": m["test/acc"]}
 
 
-def reference_run(name: str, train, test, vocab, epoch_size: int) -> dict:
+def reference_run(name: str, train, test, vocab, epoch_size: int, device: str = "cpu") -> dict:
     torch.manual_seed(0)
     use_lengths = name == "packed_lstm"
-    net = ref.CLASSIFIERS[name](len(vocab), 64, 32, 4)
+    net = ref.CLASSIFIERS[name](len(vocab), 64, 32, 4).to(device)
     loader = torch.utils.data.DataLoader(train, batch_size=16, shuffle=True,
                                          collate_fn=ref.make_collate(vocab, use_lengths))
     started = time.perf_counter()
-    count, _, _ = ref.train_epoch(net, loader, lr=0.001, epoch_size=epoch_size, use_lengths=use_lengths)
+    count, _, _ = ref.train_epoch(net, loader, lr=0.001, epoch_size=epoch_size, use_lengths=use_lengths,
+                                     device=device)
     seconds = time.perf_counter() - started
     test_loader = torch.utils.data.DataLoader(test, batch_size=256, collate_fn=ref.make_collate(vocab, use_lengths))
-    return {"ex_s": count / seconds, "acc": ref.accuracy(net, test_loader, use_lengths), "examples": count}
+    return {"ex_s": count / seconds, "acc": ref.accuracy(net, test_loader, use_lengths, device), "examples": count}
 
 
-def bare_kernel(data: Path, work: Path, epoch_size: int, bucket: bool) -> float:
+def bare_kernel(data: Path, work: Path, epoch_size: int, bucket: bool, device: str = "cpu") -> float:
     """The LSTM layer + head, forward + backward + fused Adam step, on ready batches of the shapes
     rnnsweep trains on, with a 100-word vocabulary: the ceiling for any input pipeline."""
     from rnnsweep.data import SplitOptions, TokenizerOptions, prepare
@@ -87,8 +90,10 @@ def bare_kernel(data: Path, work: Path, epoch_size: int, bucket: bool) -> float:
         splits.train, 16, shuffle=True, generator=g, bucket_pool=50 if bucket else None, limit=epoch_size)]
     for b in ready:
         b.ids.remainder_(100)
+    ready = [b.to(torch.device(device)) for b in ready]
     torch.manual_seed(0)
     emb, lstm, fc = torch.nn.Embedding(100, 64), torch.nn.LSTM(64, 32, batch_first=True), torch.nn.Linear(32, 4)
+    emb, lstm, fc = emb.to(device), lstm.to(device), fc.to(device)
     params = [*emb.parameters(), *lstm.parameters(), *fc.parameters()]
     opt = torch.optim.Adam(params, lr=1e-3, fused=True)
     started = time.perf_counter()
@@ -98,6 +103,8 @@ def bare_kernel(data: Path, work: Path, epoch_size: int, bucket: bool) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
     return sum(len(b) for b in ready) / (time.perf_counter() - started)
 
 
@@ -143,9 +150,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--models", default="rnn,lstm,gru,packed_lstm")
     p.add_argument("--no-levers", action="store_true", help="skip the lever-by-lever table")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where both the reference and rnnsweep train (default cpu)")
     args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible to torch")
     torch.set_num_threads(args.threads)
-    layer_times()
+    device = args.device
+    if device == "cpu":  # the compiled layers are CPU kernels; on the GPU cuDNN runs every layer
+        layer_times()
+    else:
+        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")
     work = Path(tempfile.mkdtemp(prefix="rnnsweep-bench-train-"))
     data = args.data or agnews_like.write(work / "data")
     n = args.epoch_size
@@ -153,10 +168,10 @@ def main() -> None:
     train, test = ref.read_ag_news(data / "train.csv"), ref.read_ag_news(data / "test.csv")
     vocab = ref.Vocab(text for _, text in train)
     print(f"data: {len(train):,} train / {len(test):,} test texts, reference vocabulary {len(vocab):,}; "
-          f"{n:,} training examples per run, batch 16, {args.threads} threads", flush=True)
+          f"{n:,} training examples per run, batch 16, {args.threads} threads, on {device}", flush=True)
     # Build the encoded cache once, outside every timing, as a sweep's first job would.
     started = time.perf_counter()
-    rnnsweep_run(LESSONS["lstm"], data, 16, work, args.threads)
+    rnnsweep_run(LESSONS["lstm"], data, 16, work, args.threads, device)
     print(f"rnnsweep's encoded cache built in {time.perf_counter() - started:.1f} s (once per dataset)\n", flush=True)
 
     print(f"Best of {args.repeats} alternating runs each:\n")
@@ -171,12 +186,12 @@ def main() -> None:
         refs, fasts, sparses = [], [], []
         for _ in range(args.repeats):
             if name == "lstm":
-                kernels.append(bare_kernel(data, work, n, bucket=True))
-            refs.append(reference_run(name, train, test, vocab, n))
-            fasts.append(rnnsweep_run(LESSONS[name] + ["batching.bucket=true"], data, n, work, args.threads))
+                kernels.append(bare_kernel(data, work, n, bucket=True, device=device))
+            refs.append(reference_run(name, train, test, vocab, n, device))
+            fasts.append(rnnsweep_run(LESSONS[name] + ["batching.bucket=true"], data, n, work, args.threads, device))
             sparses.append(rnnsweep_run(
                 LESSONS[name] + ["batching.bucket=true", "optimizer=sparse_adam", "optimizer.lr=0.001"],
-                data, n, work, args.threads))
+                data, n, work, args.threads, device))
         r, fast, sparse = best(refs), best(fasts), best(sparses)
         print(f"| {name} | {r['ex_s']:,.0f} | {r['acc']:.3f} | {fast['ex_s']:,.0f} | {fast['acc']:.3f} | "
               f"{fast['ex_s'] / r['ex_s']:.1f}x | {sparse['ex_s']:,.0f} | {sparse['acc']:.3f} | "
@@ -201,6 +216,9 @@ def main() -> None:
         ("+ sparse_adam (lazy Adam)", ["optimizer=sparse_adam", "optimizer.lr=0.001"]),
         ("+ one thread instead of all", ["runtime.threads=1"]),
     ]
+    if device == "cuda":  # deferred updates are a CPU optimizer; threads matter little to GPU work
+        rows = [row for row in rows if not any(o.endswith(("=deferred", "threads=1")) for o in row[1])]
+        rows.append(("+ mixed precision (runtime.amp=true)", ["runtime.amp=true"]))
     for label, extra in rows:
         threads = 1 if "runtime.threads=1" in extra else args.threads
         overrides = base + [e for e in extra if not e.startswith("runtime.threads")]
@@ -209,16 +227,19 @@ def main() -> None:
         overrides = list(dict.fromkeys(overrides))  # a lever's override replaces the base's
         for key in {o.split("=")[0] for o in extra}:
             overrides = [o for o in overrides if not (o.split("=")[0] == key and o not in extra)]
-        r = rnnsweep_run(overrides, data, n, work, threads)
+        r = rnnsweep_run(overrides, data, n, work, threads, device)
         torch.set_num_threads(args.threads)
         print(f"| {label} | {r['ex_s']:,.0f} | {r['ex_s'] / lstm_ref['ex_s']:.1f}x | {r['acc']:.3f} |", flush=True)
-    packed_native = rnnsweep_run(LESSONS["packed_lstm"] + ["batching.native_packing=true"], data, n, work, args.threads)
-    packed_fast = rnnsweep_run(LESSONS["packed_lstm"] + ["batching.bucket=true"], data, n, work, args.threads)
-    print(f"| packed LSTM, rnnsweep default but PyTorch's packed CPU path (native_packing=true, no buckets) | "
-          f"{packed_native['ex_s']:,.0f} | - | {packed_native['acc']:.3f} |")
-    print(f"| packed LSTM, rnnsweep default (padded kernel read at each length, buckets) | "
-          f"{packed_fast['ex_s']:,.0f} | - | {packed_fast['acc']:.3f} |")
-    print(f"| rnnsweep default: fused Adam + deferred embedding updates + buckets | {lstm_fast['ex_s']:,.0f} | "
+    packed_native = rnnsweep_run(LESSONS["packed_lstm"] + ["batching.native_packing=true"], data, n, work,
+                                 args.threads, device)
+    packed_fast = rnnsweep_run(LESSONS["packed_lstm"] + ["batching.bucket=true"], data, n, work, args.threads, device)
+    native, fast = (("PyTorch's packed CPU path (native_packing=true, no buckets)",
+                     "padded kernel read at each length, buckets") if device == "cpu"
+                    else ("cuDNN's packed kernel, no buckets", "cuDNN's packed kernel, buckets"))
+    print(f"| packed LSTM, rnnsweep default but {native} | {packed_native['ex_s']:,.0f} | - | {packed_native['acc']:.3f} |")
+    print(f"| packed LSTM, rnnsweep default ({fast}) | {packed_fast['ex_s']:,.0f} | - | {packed_fast['acc']:.3f} |")
+    embedding = "deferred embedding updates" if device == "cpu" else "dense embedding gradient"
+    print(f"| rnnsweep default: fused Adam + {embedding} + buckets | {lstm_fast['ex_s']:,.0f} | "
           f"{lstm_fast['ex_s'] / lstm_ref['ex_s']:.1f}x | {lstm_fast['acc']:.3f} |")
     print(f"| rnnsweep default + sparse_adam | {lstm_sparse['ex_s']:,.0f} | "
           f"{lstm_sparse['ex_s'] / lstm_ref['ex_s']:.1f}x | {lstm_sparse['acc']:.3f} |")
