@@ -4,8 +4,10 @@
     python benchmarks/parallel_sweep.py --epochs 3   # more work per job
     python benchmarks/parallel_sweep.py --repeats 1  # one sweep per launcher
 
-Each sweep is a fresh `rnnsweep -m` process with an empty run store (nothing is skipped) and
-logger=none, timed from start to exit: start-up, the jobs, the summary and the report. The two
+Each sweep is a fresh `rnnsweep -m` process with an empty run store (nothing is skipped), timed
+from start to exit: start-up, the jobs, the summary and the report. `--logger wandb` (the
+default, as a user's sweep runs) logs every run to W&B offline; `--logger none` measures
+training and bookkeeping alone. The two
 launchers alternate `--repeats` times and each keeps its best, since a neighbour on a shared
 machine can slow any single sweep. Before them, the machine itself is measured: how much more
 work two single-threaded processes get done side by side than one after the other. That is the
@@ -15,6 +17,7 @@ ceiling for any launcher on this machine, whatever the number of cores it report
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -50,36 +53,51 @@ def parallel_capacity() -> float:
     return 2 * best[0] / best[1]
 
 
-def sweep(launcher: str, epochs: int, work: Path) -> float:
+def sweep(launcher: str, epochs: int, work: Path, logger: str) -> dict[str, float]:
+    """One sweep's wall time and its phases, read off the files the jobs leave: start-up (to the
+    first job's directory), jobs (to the last job's job.json), end (summary, report, exit)."""
     out = work / f"{launcher}-{time.monotonic_ns()}"
-    args = [sys.executable, "-m", "rnnsweep", "-m", *GRID, f"train.epochs={epochs}", "logger=none",
+    args = [sys.executable, "-m", "rnnsweep", "-m", *GRID, f"train.epochs={epochs}", f"logger={logger}",
             "runtime.progress=off", f"launcher={launcher}", f"ledger.store={out / 'store'}",
             f"hydra.sweep.dir={out / 'sweep'}"]
-    started = time.perf_counter()
-    res = subprocess.run(args, capture_output=True, text=True, cwd=work)
-    seconds = time.perf_counter() - started
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}  # never online from a benchmark
+    started = time.time()
+    res = subprocess.run(args, capture_output=True, text=True, cwd=work, env=env)
+    ended = time.time()
     if res.returncode != 0:
         sys.exit(f"launcher={launcher} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    done = sum(1 for _ in (out / "sweep").glob("*/metrics.json"))
-    print(f"launcher={launcher:<9} {done} runs  {seconds:7.1f} s", flush=True)
-    return seconds
+    jobs = [d for d in (out / "sweep").iterdir() if (d / "job.json").is_file()]
+    first = min((d / ".hydra").stat().st_mtime for d in jobs)
+    last = max((d / "job.json").stat().st_mtime for d in jobs)
+    trained = sum(json.loads((d / "metrics.json").read_text())["metrics"]["train/seconds"] for d in jobs)
+    t = {"total": ended - started, "start": first - started, "jobs": last - first, "end": ended - last,
+         "train": trained}
+    print(f"launcher={launcher:<9} {len(jobs)} runs  {t['total']:6.1f} s  (start-up {t['start']:.1f} s, "
+          f"jobs {t['jobs']:.1f} s, summary+report+exit {t['end']:.1f} s; training itself {trained:.1f} s "
+          "summed over jobs)", flush=True)
+    return t
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2, help="alternating sweeps per launcher (best kept)")
+    p.add_argument("--logger", choices=("wandb", "none"), default="wandb",
+                   help="wandb: every run logged to W&B offline, as by default (default); none: no tracker")
     args = p.parse_args()
-    print(f"{' '.join(GRID)}: 12 jobs, {args.epochs} epoch(s) each, {os.cpu_count()} cores reported")
+    print(f"{' '.join(GRID)}: 12 jobs, {args.epochs} epoch(s) each, logger={args.logger}, "
+          f"{os.cpu_count()} cores reported")
     print(f"this machine: two single-threaded processes side by side do {parallel_capacity():.2f}x the work "
           "of one (2.00 = two free cores)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         basic, parallel = [], []
         for _ in range(args.repeats):
-            basic.append(sweep("basic", args.epochs, Path(tmp)))
-            parallel.append(sweep("parallel", args.epochs, Path(tmp)))
-    print(f"best of {args.repeats}: basic {min(basic):.1f} s, parallel {min(parallel):.1f} s; "
-          f"speed-up of launcher=parallel over the basic launcher: {min(basic) / min(parallel):.2f}x")
+            basic.append(sweep("basic", args.epochs, Path(tmp), args.logger))
+            parallel.append(sweep("parallel", args.epochs, Path(tmp), args.logger))
+    b, q = (min(runs, key=lambda t: t["total"]) for runs in (basic, parallel))
+    print(f"best of {args.repeats}: basic {b['total']:.1f} s, parallel {q['total']:.1f} s; "
+          f"speed-up of launcher=parallel over the basic launcher: {b['total'] / q['total']:.2f}x "
+          f"(jobs phase alone: {b['jobs'] / q['jobs']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import config
+from . import config, sweep_jobs
 
 log = logging.getLogger("rnnsweep")
 
@@ -87,9 +87,7 @@ def app(cfg: DictConfig) -> float:
         settings = config.validate(cfg)  # fails here, before any data is loaded
     except config.ConfigError as ex:
         if is_multirun():  # one invalid combination must not end a sweep
-            from . import runner
-
-            runner.record_invalid(info, str(ex))
+            sweep_jobs.record_invalid(info, str(ex))
             log.warning("%s: invalid, skipped: %s", info.name, ex)
             return math.nan
         # Exit from inside the job: Hydra would otherwise add its own report of the job's error.
@@ -173,14 +171,12 @@ class SweepSummary(Callback):
                 log.error("could not log the sweep comparison to W&B: %s: %s", type(ex).__name__, ex)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from . import runner
-
         _release_parallel_workers()
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = runner.read_jobs(sweep_dir, since=self.started)
+        jobs = sweep_jobs.read_jobs(sweep_dir, since=self.started)
         if not jobs:
             return
-        text = runner.summarize(jobs)
+        text = sweep_jobs.summarize(jobs)
         (sweep_dir / "summary.txt").write_text(text + "\n")
         print(f"\nSweep summary ({sweep_dir}):\n{text}", flush=True)
         if not config.ledger.plan and any(j["status"] == "completed" for j in jobs):

@@ -7,7 +7,6 @@ exists, a copy of the run's `metrics.json` from the store. The sweep's summary i
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -17,14 +16,11 @@ from typing import Any
 from filelock import Timeout
 
 from . import job, ledger, tracking
+from .sweep_jobs import write_job_file
 from .config import RootConfig, to_plain
 from .data import DataError
 
 log = logging.getLogger(__name__)
-
-JOB_FILE = "job.json"
-LOG_NAME = "rnnsweep.log"  # Hydra's job log: hydra.job.name + ".log"
-
 
 @dataclass
 class JobInfo:
@@ -43,19 +39,6 @@ def readable_group(choices: dict[str, str], group_id: str) -> str:
     order = ("model", "batching", "topology", "optimizer", "data", "lesson", "experiment")
     parts = [str(choices[k]) for k in order if choices.get(k)]
     return "-".join(parts + [group_id[:8]])
-
-
-def write_job_file(info: JobInfo, **fields: Any) -> dict[str, Any]:
-    payload = {"overrides": info.overrides, "job_dir": str(info.job_dir), **fields}
-    info.job_dir.mkdir(parents=True, exist_ok=True)
-    tmp = info.job_dir / f".{JOB_FILE}.tmp"
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(info.job_dir / JOB_FILE)
-    return payload
-
-
-def record_invalid(info: JobInfo, reason: str) -> dict[str, Any]:
-    return write_job_file(info, outcome="invalid", status="invalid", reason=reason)
 
 
 def _copy_record(entry: ledger.Entry, info: JobInfo) -> None:
@@ -143,47 +126,3 @@ def execute(settings: RootConfig, info: JobInfo, store_root: Path, *, raise_on_f
     _copy_record(entry, info)
     outcome = "resumed" if record["resumed_from_epoch"] is not None else "trained"
     return write_job_file(info, outcome=outcome, status=record["status"], **common)
-
-
-def read_jobs(sweep_dir: Path, since: float | None = None) -> list[dict[str, Any]]:
-    """The job.json of every job under a sweep directory, in job-number order.
-
-    `since` (a time.time() value) leaves out files older than the sweep: a sweep directory
-    given explicitly may hold the jobs of an earlier, larger sweep.
-    """
-    jobs = []
-    for path in sweep_dir.glob(f"*/{JOB_FILE}"):
-        if since is not None and path.stat().st_mtime < since:
-            continue
-        payload = json.loads(path.read_text())
-        payload["num"] = path.parent.name
-        jobs.append(payload)
-    return sorted(jobs, key=lambda j: (not j["num"].isdigit(), int(j["num"]) if j["num"].isdigit() else 0, j["num"]))
-
-
-def summarize(jobs: list[dict[str, Any]]) -> str:
-    """A table of what each job did, then the counts."""
-    def log_path(j: dict[str, Any]) -> str:
-        path = Path(j["job_dir"]) / LOG_NAME
-        try:
-            return str(path.relative_to(Path.cwd()))
-        except ValueError:
-            return str(path)
-
-    width = max([len(log_path(j)) for j in jobs] + [3])
-    lines = [f"{'job':>4}  {'outcome':<9} {'status':<11} {'run id':<16}  {'log':<{width}}  overrides"]
-    counts: dict[str, int] = {}
-    for j in jobs:
-        outcome = j["action"] if j["outcome"] == "plan" else j["outcome"]
-        status = j.get("status", "")
-        # Count what a reader asks first: how many finished, were skipped, failed, diverged.
-        label = outcome if j["outcome"] not in ("trained", "resumed") else status
-        counts[label] = counts.get(label, 0) + 1
-        lines.append(f"{j['num']:>4}  {outcome:<9} {status:<11} {j.get('id', '-'):<16}  {log_path(j):<{width}}  "
-                     f"{' '.join(j['overrides'])}")
-        if j.get("reason"):
-            lines.append(f"{'':>4}  {'':<9} reason: {j['reason']}")
-        if j["outcome"] == "failed":
-            lines.append(f"{'':>4}  {'':<9} {j.get('error', '')}")
-    lines.append(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" ({len(jobs)} jobs)")
-    return "\n".join(lines)

@@ -21,15 +21,20 @@ pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 
 FOUR = ["model=rnn,gru", "batching=padded,packed"]
 SMALL = [o for o in TINY if not o.startswith(("logger=", "runtime.threads"))]
+TESTS = str(Path(__file__).resolve().parent)
 
 
 @pytest.mark.slow
 def test_parallel_launcher_runs_jobs_in_workers_with_their_own_wandb_runs(tmp_path):
     sweep, store = tmp_path / "sweep", tmp_path / "store"
+    probe = tmp_path / "parent_imports.json"
     res = run_cli(["-m", "launcher=parallel", *FOUR, *SMALL, "logger=wandb", f"ledger.store={store}",
-                   f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+                   f"hydra.sweep.dir={sweep}", "+hydra.callbacks.probe._target_=sweep_probe.ParentImports",
+                   f"+hydra.callbacks.probe.out={probe}"], cwd=tmp_path, PYTHONPATH=TESTS)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Joblib.Parallel" in res.stdout  # Hydra's joblib launcher ran the jobs
+    # The parent only launches, summarizes and reports: torch's import (seconds) is the workers' alone.
+    assert json.loads(probe.read_text()) == []
     records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
     assert [r["status"] for r in records] == ["completed"] * 4
     workers = min(4, os.cpu_count() or 1)
