@@ -41,7 +41,8 @@ test-ray: $(RAY_VENV)/.installed
 	$(RAY_VENV)/bin/python -m pytest tests/ray --rootdir=. -p no:cacheprovider
 
 # Training throughput: the lesson's procedure vs rnnsweep (and lever by lever, and the bare
-# kernel) on generated AG News-sized data; ARGS="--data DIR" for real AG News CSVs.
+# kernel) on generated AG News-sized data; ARGS="--data DIR" for real AG News CSVs,
+# ARGS="--device cuda" for both sides on a GPU.
 bench: $(STAMP)
 	$(PY) benchmarks/train_speed.py $(ARGS)
 
@@ -49,9 +50,10 @@ bench: $(STAMP)
 bench-data: $(STAMP)
 	$(PY) benchmarks/data_cache.py $(ARGS)
 
-# Wall time of the 12-job grid: basic launcher vs launcher=parallel, in one run.
+# Wall time of the 12-job grid: basic launcher vs launcher=parallel, in one run, with W&B offline;
+# ARGS="--logger none" without a tracker, ARGS="--epochs 5" for longer jobs.
 bench-parallel: $(STAMP)
-	$(PY) benchmarks/parallel_sweep.py
+	$(PY) benchmarks/parallel_sweep.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(RAY_VENV) dist build *.egg-info .pytest_cache
