@@ -7,6 +7,7 @@ compiled layers rnnsweep runs for the RNN and GRU on the CPU (rnnsweep/cpu_rnn.p
     python benchmarks/train_speed.py --data DIR       # a directory with AG News-format train.csv/test.csv
     python benchmarks/train_speed.py --epoch-size 120000   # a whole epoch (slow: the reference is)
     python benchmarks/train_speed.py --device cuda    # both sides on the GPU (the lesson moves its model there too)
+    python benchmarks/train_speed.py --batch-size 256 # both sides at another batch size than the lesson's 16
 
 Everything runs in this one process, one configuration after the other, on the same data, at the
 lesson's settings: embed 64, hidden 32, batch 16, Adam lr 1e-3, one epoch of `--epoch-size`
@@ -48,12 +49,12 @@ LESSONS = {  # reference classifier -> the rnnsweep overrides that build the sam
 
 
 def rnnsweep_run(overrides: list[str], data: Path, epoch_size: int, work: Path, threads: int,
-                 device: str = "cpu") -> dict:
+                 device: str = "cpu", batch_size: int = 16) -> dict:
     config.register_schemas()
     with initialize_config_dir(config_dir=cli.config_dir(), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             "experiment=seed_notebook", "data=ag_news", f"data.root={data}", "data.download=false",
-            f"train.epoch_size={epoch_size}", "logger=none", "runtime.progress=off", f"runtime.threads={threads}",
+            f"train.epoch_size={epoch_size}", f"train.batch_size={batch_size}", "logger=none", "runtime.progress=off", f"runtime.threads={threads}",
             f"runtime.cache_dir={work / 'cache'}", f"runtime.device={device}", *overrides,
         ])
     settings = config.validate(cfg)
@@ -63,11 +64,11 @@ def rnnsweep_run(overrides: list[str], data: Path, epoch_size: int, work: Path, 
     return {"ex_s": m["train/examples_per_s"], "acc": m["test/acc"]}
 
 
-def reference_run(name: str, train, test, vocab, epoch_size: int, device: str = "cpu") -> dict:
+def reference_run(name: str, train, test, vocab, epoch_size: int, device: str = "cpu", batch_size: int = 16) -> dict:
     torch.manual_seed(0)
     use_lengths = name == "packed_lstm"
     net = ref.CLASSIFIERS[name](len(vocab), 64, 32, 4).to(device)
-    loader = torch.utils.data.DataLoader(train, batch_size=16, shuffle=True,
+    loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True,
                                          collate_fn=ref.make_collate(vocab, use_lengths))
     started = time.perf_counter()
     count, _, _ = ref.train_epoch(net, loader, lr=0.001, epoch_size=epoch_size, use_lengths=use_lengths,
@@ -77,7 +78,8 @@ def reference_run(name: str, train, test, vocab, epoch_size: int, device: str = 
     return {"ex_s": count / seconds, "acc": ref.accuracy(net, test_loader, use_lengths, device), "examples": count}
 
 
-def bare_kernel(data: Path, work: Path, epoch_size: int, bucket: bool, device: str = "cpu") -> float:
+def bare_kernel(data: Path, work: Path, epoch_size: int, bucket: bool, device: str = "cpu",
+                batch_size: int = 16) -> float:
     """The LSTM layer + head, forward + backward + fused Adam step, on ready batches of the shapes
     rnnsweep trains on, with a 100-word vocabulary: the ceiling for any input pipeline."""
     from rnnsweep.data import SplitOptions, TokenizerOptions, prepare
@@ -87,7 +89,7 @@ def bare_kernel(data: Path, work: Path, epoch_size: int, bucket: bool, device: s
     splits = prepare(source, SplitOptions(val_fraction=0.05), TokenizerOptions(), work / "cache")
     g = torch.Generator().manual_seed(0)
     ready = [batches.collate(splits.train, rows) for rows in batches.batch_rows(
-        splits.train, 16, shuffle=True, generator=g, bucket_pool=50 if bucket else None, limit=epoch_size)]
+        splits.train, batch_size, shuffle=True, generator=g, bucket_pool=50 if bucket else None, limit=epoch_size)]
     for b in ready:
         b.ids.remainder_(100)
     ready = [b.to(torch.device(device)) for b in ready]
@@ -150,6 +152,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--models", default="rnn,lstm,gru,packed_lstm")
     p.add_argument("--no-levers", action="store_true", help="skip the lever-by-lever table")
+    p.add_argument("--batch-size", type=int, default=16, help="training batch size of both sides (default 16, the lesson's)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where both the reference and rnnsweep train (default cpu)")
     args = p.parse_args()
@@ -168,10 +171,10 @@ def main() -> None:
     train, test = ref.read_ag_news(data / "train.csv"), ref.read_ag_news(data / "test.csv")
     vocab = ref.Vocab(text for _, text in train)
     print(f"data: {len(train):,} train / {len(test):,} test texts, reference vocabulary {len(vocab):,}; "
-          f"{n:,} training examples per run, batch 16, {args.threads} threads, on {device}", flush=True)
+          f"{n:,} training examples per run, batch {args.batch_size}, {args.threads} threads, on {device}", flush=True)
     # Build the encoded cache once, outside every timing, as a sweep's first job would.
     started = time.perf_counter()
-    rnnsweep_run(LESSONS["lstm"], data, 16, work, args.threads, device)
+    rnnsweep_run(LESSONS["lstm"], data, args.batch_size, work, args.threads, device, args.batch_size)
     print(f"rnnsweep's encoded cache built in {time.perf_counter() - started:.1f} s (once per dataset)\n", flush=True)
 
     print(f"Best of {args.repeats} alternating runs each:\n")
@@ -186,12 +189,13 @@ def main() -> None:
         refs, fasts, sparses = [], [], []
         for _ in range(args.repeats):
             if name == "lstm":
-                kernels.append(bare_kernel(data, work, n, bucket=True, device=device))
-            refs.append(reference_run(name, train, test, vocab, n, device))
-            fasts.append(rnnsweep_run(LESSONS[name] + ["batching.bucket=true"], data, n, work, args.threads, device))
+                kernels.append(bare_kernel(data, work, n, bucket=True, device=device, batch_size=args.batch_size))
+            refs.append(reference_run(name, train, test, vocab, n, device, args.batch_size))
+            fasts.append(rnnsweep_run(LESSONS[name] + ["batching.bucket=true"], data, n, work, args.threads, device,
+                                      args.batch_size))
             sparses.append(rnnsweep_run(
                 LESSONS[name] + ["batching.bucket=true", "optimizer=sparse_adam", "optimizer.lr=0.001"],
-                data, n, work, args.threads, device))
+                data, n, work, args.threads, device, args.batch_size))
         r, fast, sparse = best(refs), best(fasts), best(sparses)
         print(f"| {name} | {r['ex_s']:,.0f} | {r['acc']:.3f} | {fast['ex_s']:,.0f} | {fast['acc']:.3f} | "
               f"{fast['ex_s'] / r['ex_s']:.1f}x | {sparse['ex_s']:,.0f} | {sparse['acc']:.3f} | "
@@ -227,12 +231,13 @@ def main() -> None:
         overrides = list(dict.fromkeys(overrides))  # a lever's override replaces the base's
         for key in {o.split("=")[0] for o in extra}:
             overrides = [o for o in overrides if not (o.split("=")[0] == key and o not in extra)]
-        r = rnnsweep_run(overrides, data, n, work, threads, device)
+        r = rnnsweep_run(overrides, data, n, work, threads, device, args.batch_size)
         torch.set_num_threads(args.threads)
         print(f"| {label} | {r['ex_s']:,.0f} | {r['ex_s'] / lstm_ref['ex_s']:.1f}x | {r['acc']:.3f} |", flush=True)
     packed_native = rnnsweep_run(LESSONS["packed_lstm"] + ["batching.native_packing=true"], data, n, work,
-                                 args.threads, device)
-    packed_fast = rnnsweep_run(LESSONS["packed_lstm"] + ["batching.bucket=true"], data, n, work, args.threads, device)
+                                 args.threads, device, args.batch_size)
+    packed_fast = rnnsweep_run(LESSONS["packed_lstm"] + ["batching.bucket=true"], data, n, work, args.threads, device,
+                               args.batch_size)
     native, fast = (("PyTorch's packed CPU path (native_packing=true, no buckets)",
                      "padded kernel read at each length, buckets") if device == "cpu"
                     else ("cuDNN's packed kernel, no buckets", "cuDNN's packed kernel, buckets"))
