@@ -2,7 +2,7 @@
 
 The job's own directory (Hydra's) gets `job.json` — what this job did — and, when a result
 exists, a copy of the run's `metrics.json` from the store. The sweep's summary is read from the
-`job.json` files, so it covers every launcher, in-process or not.
+`job.json` files (sweep_jobs.py), so it covers every launcher, in-process or not.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from typing import Any
 from filelock import Timeout
 
 from . import job, ledger, tracking
-from .sweep_jobs import write_job_file
 from .config import RootConfig, to_plain
 from .data import DataError
+from .sweep_jobs import write_job_file
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class JobInfo:
