@@ -7,9 +7,8 @@
 Each sweep is a fresh `rnnsweep -m` process with an empty run store (nothing is skipped), timed
 from start to exit: start-up, the jobs, the summary and the report. `--logger wandb` (the
 default, as a user's sweep runs) logs every run to W&B offline; `--logger none` measures
-training and bookkeeping alone. The two
-launchers alternate `--repeats` times and each keeps its best, since a neighbour on a shared
-machine can slow any single sweep. Before them, the machine itself is measured: how much more
+training and bookkeeping alone. The two launchers alternate `--repeats` times and each keeps its
+best, since a neighbour on a shared machine can slow any single sweep. Before them, the machine itself is measured: how much more
 work two single-threaded processes get done side by side than one after the other. That is the
 ceiling for any launcher on this machine, whatever the number of cores it reports.
 """
