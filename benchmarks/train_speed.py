@@ -54,7 +54,8 @@ def rnnsweep_run(overrides: list[str], data: Path, epoch_size: int, work: Path, 
     with initialize_config_dir(config_dir=cli.config_dir(), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             "experiment=seed_notebook", "data=ag_news", f"data.root={data}", "data.download=false",
-            f"train.epoch_size={epoch_size}", f"train.batch_size={batch_size}", "logger=none", "runtime.progress=off", f"runtime.threads={threads}",
+            f"train.epoch_size={epoch_size}", f"train.batch_size={batch_size}", "logger=none",
+            "runtime.progress=off", f"runtime.threads={threads}",
             f"runtime.cache_dir={work / 'cache'}", f"runtime.device={device}", *overrides,
         ])
     settings = config.validate(cfg)
@@ -152,7 +153,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--models", default="rnn,lstm,gru,packed_lstm")
     p.add_argument("--no-levers", action="store_true", help="skip the lever-by-lever table")
-    p.add_argument("--batch-size", type=int, default=16, help="training batch size of both sides (default 16, the lesson's)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="training batch size of both sides (default 16, the lesson's)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where both the reference and rnnsweep train (default cpu)")
     args = p.parse_args()
@@ -163,7 +165,8 @@ def main() -> None:
     if device == "cpu":  # the compiled layers are CPU kernels; on the GPU cuDNN runs every layer
         layer_times()
     else:
-        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")
+        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+              f"cuDNN {torch.backends.cudnn.version()}")
     work = Path(tempfile.mkdtemp(prefix="rnnsweep-bench-train-"))
     data = args.data or agnews_like.write(work / "data")
     n = args.epoch_size
@@ -241,7 +244,8 @@ def main() -> None:
     native, fast = (("PyTorch's packed CPU path (native_packing=true, no buckets)",
                      "padded kernel read at each length, buckets") if device == "cpu"
                     else ("cuDNN's packed kernel, no buckets", "cuDNN's packed kernel, buckets"))
-    print(f"| packed LSTM, rnnsweep default but {native} | {packed_native['ex_s']:,.0f} | - | {packed_native['acc']:.3f} |")
+    print(f"| packed LSTM, rnnsweep default but {native} | {packed_native['ex_s']:,.0f} | - | "
+          f"{packed_native['acc']:.3f} |")
     print(f"| packed LSTM, rnnsweep default ({fast}) | {packed_fast['ex_s']:,.0f} | - | {packed_fast['acc']:.3f} |")
     embedding = "deferred embedding updates" if device == "cpu" else "dense embedding gradient"
     print(f"| rnnsweep default: fused Adam + {embedding} + buckets | {lstm_fast['ex_s']:,.0f} | "
