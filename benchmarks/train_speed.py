@@ -177,7 +177,7 @@ def main() -> None:
           f"{n:,} training examples per run, batch {args.batch_size}, {args.threads} threads, on {device}", flush=True)
     # Build the encoded cache once, outside every timing, as a sweep's first job would.
     started = time.perf_counter()
-    rnnsweep_run(LESSONS["lstm"], data, args.batch_size, work, args.threads, device, args.batch_size)
+    rnnsweep_run(LESSONS["lstm"], data, args.batch_size, work, args.threads, device, args.batch_size)  # one batch
     print(f"rnnsweep's encoded cache built in {time.perf_counter() - started:.1f} s (once per dataset)\n", flush=True)
 
     print(f"Best of {args.repeats} alternating runs each:\n")
