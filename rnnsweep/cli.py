@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from hydra.experimental.callback import Callback
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from . import config, sweep_jobs
 
@@ -215,10 +216,17 @@ def describe(ex: BaseException) -> str:
         return f"cannot parse override '{ex.override}': {_first_line(ex)}"
     parts = [_first_line(ex).removeprefix("Error merging override ")]
     cause = ex.__cause__
+    unknown_key = False
     while cause is not None and isinstance(cause, (OmegaConfBaseException, HydraException)):
         parts.append(_first_line(cause))
+        unknown_key = unknown_key or isinstance(cause, (ConfigAttributeError, ConfigKeyError))
         cause = cause.__cause__
-    return ": ".join(p.rstrip(".") for p in parts)
+    message = ": ".join(p.rstrip(".") for p in parts)
+    overridden = re.match(r"Could not override '([\w.]+)'", parts[0])
+    if unknown_key and overridden:
+        hint = config.unknown_key_hint(overridden.group(1))
+        message += f"; {hint}" if hint.startswith("did") else f" {hint}" if hint else ""
+    return message
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ nothing downstream of the entrypoint needs OmegaConf.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
@@ -353,10 +354,48 @@ def _reject_unknown_keys(node: DictConfig, schema: type, prefix: str) -> None:
     for key in node.keys():
         if key not in fields:
             where = prefix.rstrip(".") or "the config"
-            raise ConfigError(f"{prefix}{key}: not a key of {where} (expected one of: {', '.join(fields)})")
+            near = unknown_key_hint(f"{prefix}{key}", list_section=False)
+            raise ConfigError(f"{prefix}{key}: not a key of {where} ({near + ' ' if near else ''}"
+                              f"expected one of: {', '.join(fields)})")
         sub = fields[key]
         if dataclasses.is_dataclass(sub) and not OmegaConf.is_missing(node, key):
             _reject_unknown_keys(node[key], sub, f"{prefix}{key}.")
+
+
+def _schema_keys(schema: type = RootConfig, prefix: str = "") -> tuple[list[str], dict[str, type | None]]:
+    """The schema's dotted leaf keys, and its sections with their dataclass (None for optimizer and
+    data, whose keys depend on the option chosen; their leaves are those of every option)."""
+    unions = {"optimizer": OPTIMIZERS, "data": DATA_SOURCES} if schema is RootConfig else {}
+    leaves: list[str] = []
+    sections: dict[str, type | None] = {}
+    for name, hint in typing.get_type_hints(schema).items():
+        options = list(unions[name].values()) if name in unions else [hint] if dataclasses.is_dataclass(hint) else []
+        if not options:
+            leaves.append(prefix + name)
+            continue
+        sections[prefix + name] = options[0] if len(options) == 1 else None
+        for option in options:
+            more_leaves, more_sections = _schema_keys(option, f"{prefix}{name}.")
+            leaves += [k for k in more_leaves if k not in leaves]
+            sections.update(more_sections)
+    return leaves, sections
+
+
+def unknown_key_hint(key: str, *, list_section: bool = True) -> str:
+    """For a dotted key the schema lacks: the keys it may have meant (`train.batch` ->
+    train.batch_size, `batching.batch_size` -> train.batch_size, `lr` -> optimizer.lr) and the keys
+    of its section; '' when there is nothing to say."""
+    leaves, sections = _schema_keys()
+    section, _, leaf = key.rpartition(".")
+    near = [k for k in leaves if k.rpartition(".")[2] == leaf]  # the same name in another section
+    siblings = {k.rpartition(".")[2]: k for k in leaves if k.rpartition(".")[0] == section}
+    near += [siblings[n] for n in difflib.get_close_matches(leaf, list(siblings), n=2, cutoff=0.6)]
+    hint = f"did you mean {' or '.join(dict.fromkeys(near[:3]))}? " if near else ""
+    if list_section and (section in sections or not section):
+        schema = sections[section] if section else RootConfig
+        hint += (f"({section or 'the config'} has: {', '.join(typing.get_type_hints(schema))})" if schema else
+                 f"({section}'s keys depend on the {section} chosen; `rnnsweep --cfg job` prints them)")
+    return hint.strip()
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:

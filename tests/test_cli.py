@@ -21,6 +21,9 @@ from wandb_records import read_offline_run
         (["model=transformer"], "unknown option 'transformer' for config group 'model' (choose from: bow, gru, lstm, rnn)"),
         (["topology.num_layers=0"], "topology.num_layers=0: must be at least 1"),
         (["train.epochs=-1"], "train.epochs=-1: must be at least 1"),
+        (["batching.batch_size=8"], "did you mean train.batch_size? (batching has: mode, native_packing"),
+        (["-m", "topology.layers=1,2"], "did you mean topology.num_layers?"),
+        (["lr=0.1"], "did you mean optimizer.lr?"),
     ],
 )
 def test_bad_input_fails_before_training_with_one_line(tmp_path, args, expected):

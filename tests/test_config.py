@@ -91,6 +91,7 @@ def test_seed_notebook_reproduces_the_lesson_settings(compose_cfg):
         (["model=bow", "batching=packed"], "batching.mode=packed"),
         (["model=bow", "model.pooling=last"], "model.pooling=last"),
         (["+model.foo=1"], "model.foo: not a key of model"),
+        (["+model.hiden_dim=8"], "model.hiden_dim: not a key of model (did you mean model.hidden_dim?"),
         (["+optimizer.foo=1"], "optimizer.foo"),
         (["train.grad_clip=-1"], "train.grad_clip=-1.0"),
         (["data.val_fraction=1.0"], "data.val_fraction=1.0"),
@@ -102,3 +103,24 @@ def test_invalid_values_fail_validation_naming_the_key(compose_cfg, overrides, m
         config.validate(cfg)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "key,hint",
+    [
+        ("train.batch", "did you mean train.batch_size? (train has: epochs, batch_size,"),
+        ("batching.batch_size", "did you mean train.batch_size? (batching has: mode,"),
+        ("topology.layers", "did you mean topology.num_layers?"),
+        ("lr", "did you mean optimizer.lr? (the config has: seed, model,"),
+        ("data.val_frac", "did you mean data.val_fraction? (data's keys depend on the data chosen"),
+        ("optimizer.betas2", "did you mean optimizer.betas?"),
+        ("model.colour", "(model has: arch, embed_dim, hidden_dim, pooling, embed_init)"),
+    ],
+)
+def test_unknown_keys_get_the_nearest_known_keys(key, hint):
+    assert config.unknown_key_hint(key).startswith(hint)
+
+
+def test_a_key_near_nothing_gets_no_guess():
+    assert "did you mean" not in config.unknown_key_hint("model.colour")
+    assert config.unknown_key_hint("ledger.store.deeper", list_section=False) == ""
