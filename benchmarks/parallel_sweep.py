@@ -10,7 +10,9 @@ default, as a user's sweep runs) logs every run to W&B offline; `--logger none` 
 training and bookkeeping alone. The two launchers alternate `--repeats` times and each keeps its
 best, since a neighbour on a shared machine can slow any single sweep. Before them, the machine itself is measured: how much more
 work two single-threaded processes get done side by side than one after the other. That is the
-ceiling for any launcher on this machine, whatever the number of cores it reports.
+ceiling for any launcher on this machine, whatever the number of cores it reports. After them, the
+ceiling for this grid: what the best basic sweep spent where only one process can work (start-up,
+one warm-up, the end) bounds any parallel launcher's speed-up, by Amdahl's law.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,16 +68,29 @@ def sweep(launcher: str, epochs: int, work: Path, logger: str) -> dict[str, floa
     ended = time.time()
     if res.returncode != 0:
         sys.exit(f"launcher={launcher} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    jobs = [d for d in (out / "sweep").iterdir() if (d / "job.json").is_file()]
-    first = min((d / ".hydra").stat().st_mtime for d in jobs)
-    last = max((d / "job.json").stat().st_mtime for d in jobs)
-    trained = sum(json.loads((d / "metrics.json").read_text())["metrics"]["train/seconds"] for d in jobs)
-    t = {"total": ended - started, "start": first - started, "jobs": last - first, "end": ended - last,
-         "train": trained}
+    jobs = sorted((d for d in (out / "sweep").iterdir() if (d / "job.json").is_file()),
+                  key=lambda d: (d / ".hydra").stat().st_mtime)
+    began = [(d / ".hydra").stat().st_mtime for d in jobs]
+    finished = [(d / "job.json").stat().st_mtime for d in jobs]
+    training = [json.loads((d / "metrics.json").read_text())["metrics"]["train/seconds"] for d in jobs]
+    # Beyond training, a job costs its process a little; the first job of a process also pays the
+    # warm-up (torch, the first optimizer, the compiled kernels), which is what exceeds the others.
+    beyond = [end - begin - train for begin, end, train in zip(began, finished, training)]
+    warm_up = max(0.0, beyond[0] - statistics.median(beyond[1:])) if len(beyond) > 1 else 0.0
+    t = {"total": ended - started, "start": began[0] - started, "jobs": max(finished) - began[0],
+         "end": ended - max(finished), "train": sum(training), "warm_up": warm_up}
     print(f"launcher={launcher:<9} {len(jobs)} runs  {t['total']:6.1f} s  (start-up {t['start']:.1f} s, "
-          f"jobs {t['jobs']:.1f} s, summary+report+exit {t['end']:.1f} s; training itself {trained:.1f} s "
+          f"jobs {t['jobs']:.1f} s, summary+report+exit {t['end']:.1f} s; training itself {t['train']:.1f} s "
           "summed over jobs)", flush=True)
     return t
+
+
+def ceiling(basic: dict[str, float], capacity: float) -> float:
+    """The most any parallel launcher can gain over `basic` (Amdahl): start-up, end and one
+    worker's warm-up stay serial, the rest of the basic sweep runs `capacity` times faster.
+    Generous: it lets each job on one thread train as fast as the basic launcher's on all."""
+    serial = basic["start"] + basic["end"] + basic["warm_up"]
+    return basic["total"] / (serial + (basic["total"] - serial) / capacity)
 
 
 def main() -> None:
@@ -86,7 +102,8 @@ def main() -> None:
     args = p.parse_args()
     print(f"{' '.join(GRID)}: 12 jobs, {args.epochs} epoch(s) each, logger={args.logger}, "
           f"{os.cpu_count()} cores reported")
-    print(f"this machine: two single-threaded processes side by side do {parallel_capacity():.2f}x the work "
+    capacity = parallel_capacity()
+    print(f"this machine: two single-threaded processes side by side do {capacity:.2f}x the work "
           "of one (2.00 = two free cores)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         basic, parallel = [], []
@@ -97,6 +114,9 @@ def main() -> None:
     print(f"best of {args.repeats}: basic {b['total']:.1f} s, parallel {q['total']:.1f} s; "
           f"speed-up of launcher=parallel over the basic launcher: {b['total'] / q['total']:.2f}x "
           f"(jobs phase alone: {b['jobs'] / q['jobs']:.2f}x)")
+    print(f"ceiling for any parallel launcher, from the best basic sweep's serial part (start-up "
+          f"{b['start']:.1f} s + one warm-up {b['warm_up']:.1f} s + end {b['end']:.1f} s of {b['total']:.1f} s): "
+          f"{ceiling(b, capacity):.2f}x at this machine's {capacity:.2f}x, {ceiling(b, 2.0):.2f}x with two free cores")
 
 
 if __name__ == "__main__":
