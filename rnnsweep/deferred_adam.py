@@ -26,6 +26,7 @@ import torch
 
 from .numba_math import JIT as _jit
 from .numba_math import sqrt as _sqrt
+from .optim import DenseAdam
 
 # Below this |update| / |weight|, float32 round-to-nearest leaves the weight unchanged (half an ulp).
 _HALF_ULP = np.float32(2.0**-25)
@@ -123,9 +124,8 @@ class DeferredAdam:
         if weight_decay and not decoupled:
             raise ValueError("deferred Adam cannot replay L2 weight decay (every row has a gradient); use adamw")
         b1, b2 = (float(b) for b in betas)
-        cls = torch.optim.AdamW if decoupled else torch.optim.Adam
-        self.dense = cls(dense, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay,
-                         **(impl if impl is not None else {"fused": True})) if dense else None
+        self.dense = DenseAdam(dense, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay,
+                               decoupled=decoupled, impl=impl if impl is not None else {"fused": True}) if dense else None
         self.weights = [e.weight for e in embeddings]
         for w in self.weights:
             if w.device.type != "cpu" or w.dtype != torch.float32:

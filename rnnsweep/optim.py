@@ -26,6 +26,59 @@ def _adam_impl(impl: str, params: list[torch.nn.Parameter]) -> dict[str, bool]:
     return {"foreach": impl == "foreach"}
 
 
+class DenseAdam:
+    """torch.optim.Adam / AdamW for the dense parameters of rnnsweep's own optimizers: the same
+    functional kernel (`torch.optim.adam.adam`, fused or foreach as `impl` says), hence the same
+    numbers, with Adam's state kept here.
+
+    Why not torch.optim.Adam itself: the first `Optimizer` a process builds imports
+    `torch._dynamo` (its methods are wrapped to disable dynamo), which takes about 2 s on this
+    CPU, as long as importing torch, in every process that trains: each job of a SLURM array, each
+    parallel worker, each single run. The functional kernel does not."""
+
+    def __init__(self, params: list[torch.nn.Parameter], *, lr: float, betas, eps: float,
+                 weight_decay: float = 0.0, decoupled: bool = False, impl: dict[str, bool] | None = None):
+        self.params = list(params)
+        self.param_groups = [{"params": self.params, "lr": lr, "betas": tuple(betas), "eps": eps,
+                              "weight_decay": weight_decay}]
+        self.decoupled = decoupled
+        impl = impl if impl is not None else _adam_impl("auto", self.params)
+        self.fused, self.foreach = bool(impl.get("fused")), bool(impl.get("foreach"))
+        self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        # Per parameter, as torch keeps it: float32 tensors, on the parameter's device for fused Adam.
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device if self.fused else "cpu")
+                      for p in self.params]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        from torch.optim.adam import adam
+
+        group = self.param_groups[0]
+        active = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not active:
+            return
+        b1, b2 = group["betas"]
+        adam([self.params[i] for i in active], [self.params[i].grad for i in active],
+             [self.exp_avg[i] for i in active], [self.exp_avg_sq[i] for i in active], [],
+             [self.steps[i] for i in active], foreach=self.foreach, fused=self.fused, capturable=False,
+             differentiable=False, grad_scale=None, found_inf=None, has_complex=False,
+             decoupled_weight_decay=self.decoupled, amsgrad=False, beta1=b1, beta2=b2, lr=group["lr"],
+             weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def state_dict(self) -> dict:
+        return {"step": self.steps, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+
+    def load_state_dict(self, state: dict) -> None:
+        for mine, theirs in zip(self.steps + self.exp_avg + self.exp_avg_sq,
+                                state["step"] + state["exp_avg"] + state["exp_avg_sq"], strict=True):
+            mine.copy_(theirs)
+
+
 class RowAdam:
     """torch.optim.SparseAdam's algorithm (lazy Adam), row by row.
 
@@ -89,7 +142,7 @@ class LazyAdam:
 
     def __init__(self, sparse: list, dense: list, *, lr: float, betas, eps: float):
         self.sparse = RowAdam(sparse, lr=lr, betas=betas, eps=eps)
-        self.dense = torch.optim.Adam(dense, lr=lr, betas=tuple(betas), eps=eps, **_adam_impl("auto", dense))
+        self.dense = DenseAdam(dense, lr=lr, betas=betas, eps=eps)
         self.param_groups = self.sparse.param_groups + self.dense.param_groups
         self.defaults = {"lr": lr}
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from rnnsweep import config, job
 from rnnsweep.data import EncodedTexts
 from rnnsweep.data.batches import batch_rows, collate, num_batches
 from rnnsweep.model import TextClassifier
-from rnnsweep.optim import LazyAdam, RowAdam, ScatteredGrad, clip_grad_norm, make_optimizer
+from rnnsweep.optim import DenseAdam, LazyAdam, RowAdam, ScatteredGrad, clip_grad_norm, make_optimizer
 
 
 def texts(n: int = 1000, seed: int = 0) -> EncodedTexts:
@@ -92,6 +94,55 @@ def test_fused_and_foreach_adam_are_the_same_algorithm_as_the_default(impl):
     train_steps(other, opt)
     for p, q in zip(reference.parameters(), other.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["fused", "foreach", "for_loop"])
+@pytest.mark.parametrize("decoupled,weight_decay", [(False, 0.0), (True, 0.1)])
+def test_dense_adam_gives_torchs_adam_bit_for_bit(impl, decoupled, weight_decay):
+    """Across a learning-rate change, a parameter without a gradient, and a checkpoint."""
+    torch.manual_seed(0)
+    start = [torch.randn(7, 5), torch.randn(5), torch.randn(3)]
+    ours, theirs = ([torch.nn.Parameter(t.clone()) for t in start] for _ in range(2))
+    kwargs = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    reference = cls(theirs, lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay, **kwargs)
+    opt = DenseAdam(ours, lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay, decoupled=decoupled,
+                    impl=kwargs)
+    for step in range(12):
+        grads = [torch.randn_like(t) for t in start]
+        for o, params in ((opt, ours), (reference, theirs)):
+            if step == 6:
+                o.param_groups[0]["lr"] = 3e-3
+            for p, g in zip(params, grads):
+                p.grad = None if (step % 3 == 0 and p is params[2]) else g.clone()
+            o.step()
+        if step == 8:  # resume from a copy of the state, as from a checkpoint
+            state = copy.deepcopy(opt.state_dict())
+            opt = DenseAdam(ours, lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay,
+                            decoupled=decoupled, impl=kwargs)
+            opt.load_state_dict(state)
+        for p, q in zip(ours, theirs):
+            assert torch.equal(p, q), f"step {step}"
+
+
+def test_the_cpu_optimizers_train_without_importing_torch_dynamo():
+    """torch.optim's first optimizer imports torch._dynamo (seconds per process); ours must not."""
+    script = """
+import sys, torch
+from rnnsweep.model import TextClassifier
+from rnnsweep.optim import make_optimizer
+for name in ("adam", "sparse_adam"):
+    net = TextClassifier(100, 4, arch="lstm", embed_dim=8, hidden_dim=8, sparse_embedding=True)
+    opt = make_optimizer(name, net, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, embedding_grad="deferred")
+    net(torch.randint(1, 100, (4, 6)), torch.tensor([6, 5, 3, 1])).sum().backward()
+    opt.step()
+    opt.zero_grad()
+    opt.load_state_dict(opt.state_dict())
+print(sorted(m for m in sys.modules if m.startswith("torch._dynamo")))
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
 
 
 def test_sparse_adam_is_lazy_adam_and_checkpoints_both_parts():
