@@ -6,6 +6,8 @@ not at all (temp file + rename). W&B is a view of the same numbers.
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import json
 import logging
 import os
@@ -96,6 +98,13 @@ class NoTracker:
         pass
 
 
+@functools.cache
+def installed_packages() -> str:
+    """`name==version` per installed distribution, as W&B's requirements.txt lists them."""
+    found = {(d.metadata["Name"] or "").lower(): d.version for d in importlib.metadata.distributions()}
+    return "".join(f"{name}=={version}\n" for name, version in sorted(found.items()) if name)
+
+
 class WandbTracker:
     """One W&B run per training run; `finish` must run whatever happens (the caller's finally)."""
 
@@ -135,8 +144,13 @@ class WandbTracker:
             resume="allow" if run_id else None,
             # Never continue whatever run this process had open: each job gets its own run.
             reinit="finish_previous",
-            settings=wandb.Settings(silent=True),
+            # W&B lists the installed packages itself at every init, about 0.4 s of each job;
+            # the list is the same for every run of a process, so it is written once (below).
+            settings=wandb.Settings(silent=True, x_save_requirements=False),
         )
+        requirements = Path(self.run.dir) / "requirements.txt"
+        requirements.write_text(installed_packages())
+        self.run.save(str(requirements), base_path=self.run.dir, policy="end")
         self.run.define_metric("epoch")
         for prefix in ("val/*", "epoch/*"):
             self.run.define_metric(prefix, step_metric="epoch")

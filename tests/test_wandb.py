@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import wandb
 
 from conftest import TINY
 from rnnsweep import config, job, wandb_mode
@@ -47,6 +48,10 @@ def test_offline_run_holds_config_history_and_summary(compose_cfg, tmp_path, no_
     assert [h["epoch"] for h in epochs] == [1, 2]
     assert epochs[-1]["val/acc"] == pytest.approx(record["history"][-1]["val/acc"])
     assert any("train/loss" in h and "val/acc" not in h for h in run.history)  # step-level logs
+    # The environment's packages, for W&B's Files tab, listed once per process and uploaded at the end.
+    assert "requirements.txt" in run.files
+    packages = (run_dir / "files" / "requirements.txt").read_text().splitlines()
+    assert f"torch=={torch.__version__}" in packages and f"wandb=={wandb.__version__}" in packages
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA to fail")

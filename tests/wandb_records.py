@@ -60,6 +60,7 @@ class OfflineRun:
     summary: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     exit_code: int | None = None
+    files: list[str] = field(default_factory=list)  # the files the run asked W&B to upload
 
 
 def read_offline_run(run_dir: Path) -> OfflineRun:
@@ -80,6 +81,8 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
             run.summary.update({_key(i): json.loads(i.value_json) for i in rec.summary.update})
         elif kind == "history":
             run.history.append({_key(i): json.loads(i.value_json) for i in rec.history.item})
+        elif kind == "files":
+            run.files += [f.path for f in rec.files.files]
         elif kind == "exit":
             run.exit_code = rec.exit.exit_code
     return run
