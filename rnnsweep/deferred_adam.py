@@ -26,7 +26,7 @@ import torch
 
 from .numba_math import JIT as _jit
 from .numba_math import sqrt as _sqrt
-from .optim import DenseAdam
+from .optim import AdamMoments, DenseAdam
 
 # Below this |update| / |weight|, float32 round-to-nearest leaves the weight unchanged (half an ulp).
 _HALF_ULP = np.float32(2.0**-25)
@@ -111,7 +111,7 @@ def adam_rows(p, m, v, current, rows, grads, step, lr, b1, b2, eps, decay, may_s
         current[r] = step
 
 
-class DeferredAdam:
+class DeferredAdam(AdamMoments):
     """Adam or AdamW: exact, deferred for the sparse-gradient embeddings, fused for the rest.
 
     The embeddings must be `nn.Embedding(sparse=True)` on the CPU. A forward pre-hook brings the
@@ -205,8 +205,7 @@ class DeferredAdam:
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step"])
-        for mine, theirs in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
-            mine.copy_(theirs)
+        self._load_moments(state)
         for current in self.current:
             current.fill(self.step_count)
         if self.dense:

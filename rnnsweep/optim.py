@@ -26,7 +26,23 @@ def _adam_impl(impl: str, params: list[torch.nn.Parameter]) -> dict[str, bool]:
     return {"foreach": impl == "foreach"}
 
 
-class DenseAdam:
+class AdamMoments:
+    """What rnnsweep's own Adam variants share: Adam's two moments for each of their tensors."""
+
+    params: list[torch.nn.Parameter]
+    exp_avg: list[torch.Tensor]
+    exp_avg_sq: list[torch.Tensor]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _load_moments(self, state: dict) -> None:
+        for mine, theirs in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"], strict=True):
+            mine.copy_(theirs)
+
+
+class DenseAdam(AdamMoments):
     """torch.optim.Adam / AdamW for the dense parameters of rnnsweep's own optimizers: the same
     functional kernel (`torch.optim.adam.adam`, fused or foreach as `impl` says), hence the same
     numbers, with Adam's state kept here.
@@ -66,20 +82,16 @@ class DenseAdam:
              decoupled_weight_decay=self.decoupled, amsgrad=False, beta1=b1, beta2=b2, lr=group["lr"],
              weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
-
     def state_dict(self) -> dict:
         return {"step": self.steps, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
 
     def load_state_dict(self, state: dict) -> None:
-        for mine, theirs in zip(self.steps + self.exp_avg + self.exp_avg_sq,
-                                state["step"] + state["exp_avg"] + state["exp_avg_sq"], strict=True):
+        for mine, theirs in zip(self.steps, state["step"], strict=True):
             mine.copy_(theirs)
+        self._load_moments(state)
 
 
-class RowAdam:
+class RowAdam(AdamMoments):
     """torch.optim.SparseAdam's algorithm (lazy Adam), row by row.
 
     For the rows a step's sparse gradient names: m, v <- Adam's moment updates; p <- Adam's step
@@ -122,17 +134,12 @@ class RowAdam:
             v.index_copy_(0, rows, v_rows)
             p.index_add_(0, rows, m_rows.div_(v_rows.sqrt_().div_(root_bc2).add_(self.eps)), alpha=-step_size)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
-
     def state_dict(self) -> dict:
         return {"step": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step"])
-        for mine, theirs in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
-            mine.copy_(theirs)
+        self._load_moments(state)
 
 
 class LazyAdam:
