@@ -8,6 +8,8 @@ algorithm to lazy Adam on request (`sparse_adam`).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 import numpy as np
@@ -24,6 +26,21 @@ def _adam_impl(impl: str, params: list[torch.nn.Parameter]) -> dict[str, bool]:
     if impl == "fused":
         return {"fused": True}
     return {"foreach": impl == "foreach"}
+
+
+@functools.cache
+def _functional_adam(decoupled: bool):
+    """torch's functional Adam (or AdamW) step: one function with `decoupled_weight_decay` since
+    torch 2.7, a separate `adamw` before."""
+    from torch.optim import adam
+
+    if "decoupled_weight_decay" in inspect.signature(adam.adam).parameters:
+        return functools.partial(adam.adam, decoupled_weight_decay=decoupled)
+    if decoupled:
+        from torch.optim.adamw import adamw
+
+        return adamw
+    return adam.adam
 
 
 class AdamMoments:
@@ -68,8 +85,7 @@ class DenseAdam(AdamMoments):
 
     @torch.no_grad()
     def step(self) -> None:
-        from torch.optim.adam import adam
-
+        adam = _functional_adam(self.decoupled)
         group = self.param_groups[0]
         active = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not active:
@@ -78,9 +94,9 @@ class DenseAdam(AdamMoments):
         adam([self.params[i] for i in active], [self.params[i].grad for i in active],
              [self.exp_avg[i] for i in active], [self.exp_avg_sq[i] for i in active], [],
              [self.steps[i] for i in active], foreach=self.foreach, fused=self.fused, capturable=False,
-             differentiable=False, grad_scale=None, found_inf=None, has_complex=False,
-             decoupled_weight_decay=self.decoupled, amsgrad=False, beta1=b1, beta2=b2, lr=group["lr"],
-             weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+             differentiable=False, grad_scale=None, found_inf=None, has_complex=False, amsgrad=False,
+             beta1=b1, beta2=b2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+             maximize=False)
 
     def state_dict(self) -> dict:
         return {"step": self.steps, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}

@@ -125,6 +125,29 @@ def test_dense_adam_gives_torchs_adam_bit_for_bit(impl, decoupled, weight_decay)
             assert torch.equal(p, q), f"step {step}"
 
 
+def test_the_separate_adamw_kernel_of_older_torch_gives_the_same_steps(monkeypatch):
+    """torch before 2.7 has no `decoupled_weight_decay` in its functional Adam; DenseAdam then
+    calls torch.optim.adamw.adamw, which torch still ships: the same call must give the same numbers."""
+    from torch.optim.adamw import adamw
+
+    from rnnsweep import optim
+
+    def steps(params):
+        opt = DenseAdam(params, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, decoupled=True,
+                        impl={"fused": True})
+        for seed in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(seed))
+            opt.step()
+        return params
+
+    start = torch.randn(6, 4)
+    new = steps([torch.nn.Parameter(start.clone())])
+    monkeypatch.setattr(optim, "_functional_adam", lambda decoupled: adamw)
+    old = steps([torch.nn.Parameter(start.clone())])
+    assert torch.equal(new[0], old[0])
+
+
 def test_the_cpu_optimizers_train_without_importing_torch_dynamo():
     """torch.optim's first optimizer imports torch._dynamo (seconds per process); ours must not."""
     script = """
