@@ -178,6 +178,10 @@ def test_report_cli(sweep, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [f"rnnsweep-report: error: {tmp_path / 'nope'}: no such file or directory"]
+    typo = subprocess.run([sys.executable, "-m", "rnnsweep.report.cli", str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=120)
+    assert typo.returncode == 2
+    assert typo.stderr.strip().splitlines() == [f"rnnsweep-report: error: {tmp_path / 'nope'}: no such file or directory"]
 
 
 @pytest.mark.slow

@@ -37,6 +37,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     out = args.out
+    missing = [i for i in args.inputs if not Path(i).exists()]
+    if missing:  # before the --out check, which would otherwise blame a typo on a missing --out
+        print(f"rnnsweep-report: error: {missing[0]}: no such file or directory", file=sys.stderr)
+        sys.exit(2)
     if out is None and len(args.inputs) == 1 and Path(args.inputs[0]).is_dir():
         out = Path(args.inputs[0])
     if out is None:
