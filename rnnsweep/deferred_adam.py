@@ -30,6 +30,7 @@ from .optim import AdamMoments, DenseAdam
 
 # Below this |update| / |weight|, float32 round-to-nearest leaves the weight unchanged (half an ulp).
 _HALF_ULP = np.float32(2.0**-25)
+_CHECK_EVERY = 8
 
 
 @_jit
@@ -44,20 +45,24 @@ def _replay(p, m, v, r, first, last, lr, b1, b2, eps, decay, may_stop):
     while s <= last:
         step_size = np.float32(lr / (1.0 - b1_pow))
         bc2_sqrt = np.float32(math.sqrt(1.0 - b2_pow))
+        # Counting costs as much as the step itself, so only every _CHECK_EVERY-th step counts;
+        # the few steps replayed past the first insignificant one are float32 Adam's own steps.
+        check = may_stop and (s - first) % _CHECK_EVERY == _CHECK_EVERY - 1
         significant = 0  # elements whose update float32 would not round away
         for e in range(pr.shape[0]):
             mi = mr[e] * b1f
             vi = vr[e] * b2f
             update = step_size * mi / (_sqrt(vi) / bc2_sqrt + epsf)
             w = pr[e] * decayf
-            significant += np.int32(abs(update) >= abs(w) * _HALF_ULP)
+            if check:
+                significant += np.int32(abs(update) >= abs(w) * _HALF_ULP)
             mr[e] = mi
             vr[e] = vi
             pr[e] = w - update
         s += 1
         b1_pow *= b1
         b2_pow *= b2
-        if significant == 0 and may_stop and s <= last:
+        if check and significant == 0 and s <= last:
             rest = last - s + 1
             # Powers of the float32 factors that each skipped step would have multiplied by.
             fm = np.float32(np.float64(b1f) ** rest)
@@ -111,6 +116,36 @@ def adam_rows(p, m, v, current, rows, grads, step, lr, b1, b2, eps, decay, may_s
         current[r] = step
 
 
+@_jit
+def _merge_rows(ids, values, slot):
+    """Each row of an uncoalesced sparse gradient once, its values summed in order of appearance:
+    what `coalesce()` gives, without its sort. `slot` has one entry per table row, all -1 before
+    and after."""
+    rows = np.empty(ids.shape[0], dtype=np.int64)
+    sums = np.empty_like(values)
+    k = 0
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        j = slot[r]
+        if j < 0:
+            slot[r] = k
+            rows[k] = r
+            sums[k] = values[i]
+            k += 1
+        else:
+            for e in range(values.shape[1]):
+                sums[j, e] += values[i, e]
+    for j in range(k):
+        slot[rows[j]] = -1
+    return rows[:k], sums[:k]
+
+
+def gradient_rows(grad: torch.Tensor, slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, summed values) of a float32 CPU sparse gradient. An embedding's backward leaves one
+    entry per looked-up token; coalescing them costs a sort, a third of a small model's optimizer step."""
+    return _merge_rows(grad._indices()[0].numpy(), grad._values().contiguous().numpy(), slot)
+
+
 class DeferredAdam(AdamMoments):
     """Adam or AdamW: exact, deferred for the sparse-gradient embeddings, fused for the rest.
 
@@ -139,6 +174,7 @@ class DeferredAdam(AdamMoments):
         self.exp_avg_sq = [torch.zeros_like(w) for w in self.weights]
         # Per row: the step whose update it already has.
         self.current = [np.zeros(w.shape[0], dtype=np.int64) for w in self.weights]
+        self._slots = [np.full(w.shape[0], -1, dtype=np.int64) for w in self.weights]
         self._lr = lr
         for i, emb in enumerate(embeddings):
             # The newest optimizer owns the table: hooks an earlier one left behind do nothing.
@@ -191,9 +227,7 @@ class DeferredAdam(AdamMoments):
                 continue
             if not w.grad.is_sparse:
                 raise ValueError("deferred Adam needs nn.Embedding(sparse=True)")
-            grad = w.grad.coalesce()
-            rows = grad.indices()[0].numpy()
-            values = grad.values().contiguous().numpy()
+            rows, values = gradient_rows(w.grad, self._slots[i])
             adam_rows(*self._arrays(i), rows, values, self.step_count, *self._scalars())
         if self.dense:
             self.dense.step()

@@ -124,10 +124,11 @@ class RowAdam(AdamMoments):
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
         self._compiled = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
         if self._compiled:
-            from .deferred_adam import adam_rows
-            self._adam_rows = adam_rows
+            from .deferred_adam import adam_rows, gradient_rows
+            self._adam_rows, self._gradient_rows = adam_rows, gradient_rows
             # adam_rows records each row's last step for deferred Adam's replay; lazy Adam never reads it.
             self._unused = [np.zeros(p.shape[0], dtype=np.int64) for p in params]
+            self._slots = [np.full(p.shape[0], -1, dtype=np.int64) for p in params]
 
     @torch.no_grad()
     def step(self) -> None:
@@ -138,12 +139,13 @@ class RowAdam(AdamMoments):
         for i, (p, m, v) in enumerate(zip(self.params, self.exp_avg, self.exp_avg_sq)):
             if p.grad is None:
                 continue
+            if self._compiled:
+                rows, g = self._gradient_rows(p.grad, self._slots[i])
+                self._adam_rows(p.detach().numpy(), m.numpy(), v.numpy(), self._unused[i], rows, g,
+                                t, self.lr, b1, b2, self.eps, 1.0, False, False)
+                continue
             grad = p.grad.coalesce()
             rows, g = grad.indices()[0], grad.values()
-            if self._compiled:
-                self._adam_rows(p.detach().numpy(), m.numpy(), v.numpy(), self._unused[i], rows.numpy(),
-                                g.contiguous().numpy(), t, self.lr, b1, b2, self.eps, 1.0, False, False)
-                continue
             m_rows = m.index_select(0, rows).lerp_(g, 1 - b1)
             v_rows = v.index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
             m.index_copy_(0, rows, m_rows)

@@ -9,7 +9,7 @@ import torch
 
 from rnnsweep import config, job
 from rnnsweep.data.batches import collate
-from rnnsweep.deferred_adam import DeferredAdam
+from rnnsweep.deferred_adam import DeferredAdam, gradient_rows
 from rnnsweep.optim import ScatteredGrad, make_optimizer
 from test_fastpath import model, split_vocab_texts, texts, train_steps
 
@@ -164,3 +164,17 @@ def test_a_second_optimizer_on_the_same_model_takes_over_the_table():
     train_steps(fresh, opt_for(fresh), 3, data)
     for p, q in zip(net.state_dict().values(), fresh.state_dict().values()):
         torch.testing.assert_close(p, q)
+
+
+def test_gradient_rows_sum_an_embeddings_repeated_tokens_as_coalesce_does():
+    emb = torch.nn.Embedding(V, D, sparse=True)
+    ids = torch.tensor([[5, 9, 5, 0, 1499], [9, 9, 3, 5, 0]])
+    (emb(ids) * torch.randn(2, 5, D)).sum().backward()
+    assert not emb.weight.grad.is_coalesced() and emb.weight.grad._nnz() == ids.numel()
+    slot = torch.full((V,), -1, dtype=torch.int64).numpy()
+    rows, values = gradient_rows(emb.weight.grad, slot)
+    want = emb.weight.grad.coalesce()
+    order = rows.argsort()
+    assert rows[order].tolist() == want.indices()[0].tolist() == [0, 3, 5, 9, 1499]
+    torch.testing.assert_close(torch.from_numpy(values[order]), want.values())
+    assert (slot == -1).all()  # left ready for the next step
