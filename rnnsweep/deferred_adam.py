@@ -45,9 +45,11 @@ def _replay(p, m, v, r, first, last, lr, b1, b2, eps, decay, may_stop):
     while s <= last:
         step_size = np.float32(lr / (1.0 - b1_pow))
         bc2_sqrt = np.float32(math.sqrt(1.0 - b2_pow))
-        # Counting costs as much as the step itself, so only every _CHECK_EVERY-th step counts;
-        # the few steps replayed past the first insignificant one are float32 Adam's own steps.
-        check = may_stop and (s - first) % _CHECK_EVERY == _CHECK_EVERY - 1
+        # Counting costs as much as the step itself, so only the first step and every
+        # _CHECK_EVERY-th after it count (the first: rows that never had a gradient, or whose
+        # updates already round away, stop at once); the few steps replayed past the first
+        # insignificant one are float32 Adam's own steps.
+        check = may_stop and (s - first) % _CHECK_EVERY == 0
         significant = 0  # elements whose update float32 would not round away
         for e in range(pr.shape[0]):
             mi = mr[e] * b1f
