@@ -209,12 +209,12 @@ class ScatteredGrad:
         for i, p in enumerate(self.sparse):
             if p.grad is None or not p.grad.is_sparse:
                 continue
-            grad = p.grad.coalesce()
-            rows = grad.indices()[0]
+            # The raw entries, one per looked-up token: index_add_ sums repeats without coalesce's sort.
+            rows = p.grad._indices()[0]
             buffer = self._buffers[i]
             if self._written[i] is not None:
                 buffer.index_fill_(0, self._written[i], 0.0)
-            buffer.index_copy_(0, rows, grad.values())
+            buffer.index_add_(0, rows, p.grad._values())
             self._written[i] = rows
             p.grad = buffer
         return self.inner.step()
