@@ -106,15 +106,19 @@ class TextClassifier(nn.Module):
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = self.embedding(ids)
+
+        def mask() -> torch.Tensor:  # only the poolings that read padding build it
+            return padding_mask(lengths, ids.size(1), ids.device)
+
         if self.rnn is None:
-            return self.fc(self._pool_masked(x, padding_mask(lengths, ids.size(1), ids.device), lengths))
+            return self.fc(self._pool_masked(x, mask(), lengths))
         # PyTorch runs packed sequences on the CPU as a loop of single steps; the padded kernel
         # read at each sequence's own end computes the same numbers, much faster (tested).
         # On CUDA, cuDNN's packed kernel is fast: it is used as written.
         packed_on_padded = self.packed and not self.native_packing and x.device.type == "cpu"
         if self.pooling in ("seed_mean", "seed_hlast"):
             if packed_on_padded:
-                out, h_last = self._packed_on_padded(x, lengths, padding_mask(lengths, ids.size(1), ids.device))
+                out, h_last = self._packed_on_padded(x, lengths, mask())
             else:
                 out, h = self._run_as_written(x, lengths)
                 h = h[0] if isinstance(h, tuple) else h
@@ -130,7 +134,7 @@ class TextClassifier(nn.Module):
             out = self._stack(x)
         if self.pooling == "last":
             return self.fc(self._last(out, lengths))
-        return self.fc(self._pool_masked(out, padding_mask(lengths, ids.size(1), ids.device), lengths))
+        return self.fc(self._pool_masked(out, mask(), lengths))
 
     def _packed_on_padded(self, x, lengths, mask):
         """What a packed run returns, from the padded kernel: outputs zero after each sequence's
