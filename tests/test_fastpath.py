@@ -318,9 +318,14 @@ def test_a_compiled_layer_gives_torchs_outputs_and_gradients_at_lesson_sizes(kin
     weights = [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
     grad = torch.randn(16, 43, 32)
     expected = torch.autograd.grad(rnn(x)[0], [x, *weights], grad)
+    rnn64, x64 = copy.deepcopy(rnn).double(), x.detach().double().requires_grad_()
+    truth = torch.autograd.grad(rnn64(x64)[0], [x64, *rnn64.parameters()], grad.double())
     out = cpu_rnn.layer(rnn, x, *weights)
     torch.testing.assert_close(out, rnn(x)[0], rtol=1e-5, atol=1e-6)
-    for ours, theirs in zip(torch.autograd.grad(out, [x, *weights], grad), expected):
-        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    # A weight's gradient sums 688 float32 products, in an order that differs between BLAS builds:
+    # ours must be as close to the float64 gradient as torch's own float32 one is (x4, + 1e-6).
+    for ours, theirs, exact in zip(torch.autograd.grad(out, [x, *weights], grad), expected, truth):
+        torch_error = (theirs.double() - exact).abs().max().item()
+        assert (ours.double() - exact).abs().max().item() <= 4 * torch_error + 1e-6
     relu = torch.nn.RNN(64, 32, nonlinearity="relu")
     assert cpu_rnn.applies(x, rnn) and not cpu_rnn.applies(x, relu) and not cpu_rnn.applies(x.double(), rnn)
