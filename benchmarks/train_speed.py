@@ -214,7 +214,7 @@ def compare(args: argparse.Namespace, work: Path, device: str) -> None:
         refs, fasts, sparses = [], [], []
         for seed in seeds:
             refs.append(reference_run(name, train, test, vocab, n, device, args.batch_size, seed))
-            if name == "lstm":  # right before rnnsweep's runs, so each pair shares the machine's mood
+            if name == "lstm":  # right before rnnsweep's runs, so each pair meets the same load
                 kernels.append(bare_kernel(data, work, n, bucket=True, device=device, batch_size=args.batch_size))
             fasts.append(rnnsweep_run(LESSONS[name] + ["batching.bucket=true"], data, n, work, args.threads, device,
                                       args.batch_size, seed))
