@@ -34,13 +34,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(message: str) -> None:
+    """One line on stderr, exit status 2 (argparse's, without its usage block)."""
+    print(f"rnnsweep-report: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     out = args.out
     missing = [i for i in args.inputs if not Path(i).exists()]
     if missing:  # before the --out check, which would otherwise blame a typo on a missing --out
-        print(f"rnnsweep-report: error: {missing[0]}: no such file or directory", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"{missing[0]}: no such file or directory")
     if out is None and len(args.inputs) == 1 and Path(args.inputs[0]).is_dir():
         out = Path(args.inputs[0])
     if out is None:
@@ -54,8 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         report = build(args.inputs, out, where=args.where, rows=args.rows.split(",") if args.rows else None,
                        cols=args.cols, metric=args.metric, make_plots=not args.no_plots)
     except (ReportError, ValueError, OSError) as ex:
-        print(f"rnnsweep-report: error: {ex}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(ex))
     print(report.table_markdown)
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
