@@ -1,7 +1,7 @@
 """Training throughput: the lesson's procedure vs rnnsweep, lever by lever, and the bare kernel.
 
 First, one recurrent layer's forward and backward alone: torch's RNN/GRU/LSTM against the
-compiled layers rnnsweep runs for the RNN and GRU on the CPU (rnnsweep/cpu_rnn.py).
+compiled layers rnnsweep runs for them on the CPU (rnnsweep/cpu_rnn.py).
 
     python benchmarks/train_speed.py                  # generated AG News-sized data (~95k vocabulary)
     python benchmarks/train_speed.py --data DIR       # a directory with AG News-format train.csv/test.csv
@@ -14,13 +14,14 @@ lesson's settings: embed 64, hidden 32, batch 16, Adam lr 1e-3, one epoch of `--
 training examples (the lesson's `epoch_size`), every model tested on the whole test split.
 Throughput is training examples per second over the training loop (batching included,
 evaluation excluded) for both. On a shared machine a neighbour can halve one measurement, so
-the comparison table runs reference and rnnsweep (and, for the LSTM, the bare kernel) alternately
+the comparison table runs reference and rnnsweep (and, for the LSTM, the bare kernels) alternately
 `--repeats` times and keeps each side's best throughput. Repeat k trains with seed k on both sides
 (initial weights and batch order), so the accuracy columns are means over seeds: one seed's test
-accuracy after one epoch moves by about a point with float rounding alone. rnnsweep's share of
-the bare kernel is given best against best and, less exposed to a neighbour's load changing
-between runs, as the median of each repeat against the kernel run just before it. The lever
-table runs seed 0 once per row.
+accuracy after one epoch moves by about a point with float rounding alone. The bare kernel is run
+twice per repeat: with torch's LSTM (oneDNN) and with rnnsweep's compiled LSTM, the layer
+rnnsweep trains with. rnnsweep's share of each is given best against best and, less exposed to a
+neighbour's load changing between runs, as the median of each repeat against the kernel run just
+before it. The lever table runs seed 0 once per row.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import lesson_reference as ref  # noqa: E402
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from rnnsweep import cli, config, job  # noqa: E402
+from rnnsweep import cli, config, cpu_rnn, job  # noqa: E402
 from rnnsweep.data import batches  # noqa: E402
 
 LESSONS = {  # reference classifier -> the rnnsweep overrides that build the same model
@@ -87,9 +88,11 @@ def reference_run(name: str, train, test, vocab, epoch_size: int, device: str = 
 
 
 def bare_kernel(data: Path, work: Path, epoch_size: int, bucket: bool, device: str = "cpu",
-                batch_size: int = 16) -> float:
+                batch_size: int = 16, compiled: bool = False) -> float:
     """The LSTM layer + head, forward + backward + fused Adam step, on ready batches of the shapes
-    rnnsweep trains on, with a 100-word vocabulary: the ceiling for any input pipeline."""
+    rnnsweep trains on, with a 100-word vocabulary: the ceiling for any input pipeline. The layer
+    is torch's, or with `compiled` (on the CPU) rnnsweep's compiled one."""
+    from rnnsweep import cpu_rnn
     from rnnsweep.data import SplitOptions, TokenizerOptions, prepare
     from rnnsweep.data.sources import AG_NEWS_MD5, AgNews
 
@@ -106,10 +109,14 @@ def bare_kernel(data: Path, work: Path, epoch_size: int, bucket: bool, device: s
     emb, lstm, fc = emb.to(device), lstm.to(device), fc.to(device)
     params = [*emb.parameters(), *lstm.parameters(), *fc.parameters()]
     opt = torch.optim.Adam(params, lr=1e-3, fused=True)
+    weights = [getattr(lstm, f"{name}_l0") for name in cpu_rnn.WEIGHTS]
+
+    def last_state(x: torch.Tensor) -> torch.Tensor:  # h[-1], the state after the last (padded) step
+        return cpu_rnn.layer(lstm, x, *weights)[:, -1] if compiled else lstm(x)[1][0][-1]
+
     started = time.perf_counter()
     for b in ready:
-        _, (h, _) = lstm(emb(b.ids))
-        loss = torch.nn.functional.cross_entropy(fc(h[-1]), b.labels)
+        loss = torch.nn.functional.cross_entropy(fc(last_state(emb(b.ids))), b.labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -172,6 +179,7 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible to torch")
     torch.set_num_threads(args.threads)
+    cpu_rnn.set_threads(args.threads)
     device = args.device
     if device == "cpu":  # the compiled layers are CPU kernels; on the GPU cuDNN runs every layer
         layer_times()
@@ -208,14 +216,18 @@ def compare(args: argparse.Namespace, work: Path, device: str) -> None:
         return {"ex_s": max(r["ex_s"] for r in runs), "acc": sum(r["acc"] for r in runs) / len(runs),
                 "accs": [r["acc"] for r in runs]}
 
-    kernels = []  # the bare kernel, measured alongside the LSTM rows (same conditions)
+    # The bare kernels, measured alongside the LSTM rows (same conditions): torch's layer and, on
+    # the CPU, rnnsweep's compiled one.
+    kernels: dict[str, list[float]] = {"torch": [], "compiled": []} if device == "cpu" else {"torch": []}
     per_seed = []
     for name in args.models.split(","):
         refs, fasts, sparses = [], [], []
         for seed in seeds:
             refs.append(reference_run(name, train, test, vocab, n, device, args.batch_size, seed))
             if name == "lstm":  # right before rnnsweep's runs, so each pair meets the same load
-                kernels.append(bare_kernel(data, work, n, bucket=True, device=device, batch_size=args.batch_size))
+                for layer, runs in kernels.items():
+                    runs.append(bare_kernel(data, work, n, bucket=True, device=device, batch_size=args.batch_size,
+                                            compiled=layer == "compiled"))
             fasts.append(rnnsweep_run(LESSONS[name] + ["batching.bucket=true"], data, n, work, args.threads, device,
                                       args.batch_size, seed))
             sparses.append(rnnsweep_run(
@@ -227,29 +239,32 @@ def compare(args: argparse.Namespace, work: Path, device: str) -> None:
               f"{fast['ex_s'] / r['ex_s']:.1f}x | {sparse['ex_s']:,.0f} | {sparse['acc']:.3f} | "
               f"{sparse['ex_s'] / r['ex_s']:.1f}x |", flush=True)
         if name == "lstm":
-            lstm_ref, lstm_fast, lstm_sparse = r, fast, sparse
-            paired = [(f["ex_s"] / k, sp["ex_s"] / k) for k, f, sp in zip(kernels, fasts, sparses)]
+            lstm_ref, lstm_fast, lstm_sparse, lstm_fasts, lstm_sparses = r, fast, sparse, fasts, sparses
 
     print("\nTest accuracy per seed (reference / exact Adam / sparse_adam):\n")
     for name, r, fast, sparse in per_seed:
         print(f"- {name}: " + "; ".join(
             f"seed {seed}: {a:.3f} / {b:.3f} / {c:.3f}" for seed, a, b, c in zip(seeds, r["accs"], fast["accs"],
                                                                                  sparse["accs"])))
-    if kernels:
-        kernel = max(kernels)
-        print(f"\nbare kernel (LSTM + head, fused Adam, 100-word vocabulary, same bucketed shapes): "
-              f"{kernel:,.0f} ex/s, {kernel / lstm_ref['ex_s']:.1f}x the reference; rnnsweep reaches "
-              f"{lstm_fast['ex_s'] / kernel:.0%} of it with exact Adam, {lstm_sparse['ex_s'] / kernel:.0%} with "
-              f"sparse_adam (best against best; each repeat against its own kernel run, median: "
-              f"{statistics.median(f for f, _ in paired):.0%} and {statistics.median(sp for _, sp in paired):.0%})",
-              flush=True)
+    if kernels["torch"]:
+        print("\nbare kernel (LSTM + head, fused Adam, 100-word vocabulary, same bucketed shapes):")
+        for layer, runs in kernels.items():
+            kernel = max(runs)
+            paired = [(f["ex_s"] / k, sp["ex_s"] / k) for k, f, sp in zip(runs, lstm_fasts, lstm_sparses)]
+            label = "torch's LSTM (oneDNN)" if layer == "torch" else "rnnsweep's compiled LSTM"
+            print(f"- {label}: {kernel:,.0f} ex/s, {kernel / lstm_ref['ex_s']:.1f}x the reference; rnnsweep reaches "
+                  f"{lstm_fast['ex_s'] / kernel:.0%} of it with exact Adam, {lstm_sparse['ex_s'] / kernel:.0%} with "
+                  f"sparse_adam (best against best; each repeat against its own kernel run, median: "
+                  f"{statistics.median(f for f, _ in paired):.0%} and {statistics.median(sp for _, sp in paired):.0%})",
+                  flush=True)
     if args.no_levers or "lstm" not in args.models.split(","):
         return
     print("\nLever by lever (LSTM, seed settings, seed 0; each row: the levers-off rnnsweep run plus one lever):\n")
     print("| configuration | ex/s | vs reference | test acc |")
     print("|---|---|---|---|")
     print(f"| reference: the lesson's procedure | {lstm_ref['ex_s']:,.0f} | 1.0x | {lstm_ref['accs'][0]:.3f} |")
-    base = LESSONS["lstm"] + ["batching.bucket=false", "optimizer.impl=for_loop", "optimizer.embedding_grad=dense"]
+    base = LESSONS["lstm"] + ["batching.bucket=false", "optimizer.impl=for_loop", "optimizer.embedding_grad=dense",
+                              "runtime.compiled_rnn=false"]
     rows = [
         ("rnnsweep, levers off: batches cut from the encoded cache, torch's default Adam", []),
         ("+ fused Adam (same algorithm)", ["optimizer.impl=fused"]),
@@ -257,11 +272,13 @@ def compare(args: argparse.Namespace, work: Path, device: str) -> None:
         ("+ scattered embedding gradient (same values)", ["optimizer.embedding_grad=scattered"]),
         ("+ deferred embedding updates (same algorithm)", ["optimizer.embedding_grad=deferred"]),
         ("+ length-bucketed batches", ["batching.bucket=true"]),
+        ("+ rnnsweep's compiled LSTM layer (same arithmetic)", ["runtime.compiled_rnn=true"]),
         ("+ sparse_adam (lazy Adam)", ["optimizer=sparse_adam", "optimizer.lr=0.001"]),
         ("+ one thread instead of all", ["runtime.threads=1"]),
     ]
     if device == "cuda":  # deferred updates are a CPU optimizer; threads matter little to GPU work
-        rows = [row for row in rows if not any(o.endswith(("=deferred", "threads=1")) for o in row[1])]
+        rows = [row for row in rows if not any(o.endswith(("=deferred", "threads=1", "compiled_rnn=true"))
+                                               for o in row[1])]
         rows.append(("+ mixed precision (runtime.amp=true)", ["runtime.amp=true"]))
     for label, extra in rows:
         threads = 1 if "runtime.threads=1" in extra else args.threads
@@ -273,6 +290,7 @@ def compare(args: argparse.Namespace, work: Path, device: str) -> None:
             overrides = [o for o in overrides if not (o.split("=")[0] == key and o not in extra)]
         r = rnnsweep_run(overrides, data, n, work, threads, device, args.batch_size)
         torch.set_num_threads(args.threads)
+        cpu_rnn.set_threads(args.threads)
         print(f"| {label} | {r['ex_s']:,.0f} | {r['ex_s'] / lstm_ref['ex_s']:.1f}x | {r['acc']:.3f} |", flush=True)
     packed_native = rnnsweep_run(LESSONS["packed_lstm"] + ["batching.native_packing=true"], data, n, work,
                                  args.threads, device, args.batch_size)
@@ -289,9 +307,10 @@ def compare(args: argparse.Namespace, work: Path, device: str) -> None:
           f"{lstm_fast['ex_s'] / lstm_ref['ex_s']:.1f}x | {lstm_fast['accs'][0]:.3f} |")
     print(f"| rnnsweep default + sparse_adam | {lstm_sparse['ex_s']:,.0f} | "
           f"{lstm_sparse['ex_s'] / lstm_ref['ex_s']:.1f}x | {lstm_sparse['accs'][0]:.3f} |")
-    kernel = max(kernels)
-    print(f"| bare kernel: LSTM + head, fused Adam, 100-word vocabulary, same bucketed shapes | {kernel:,.0f} | "
-          f"{kernel / lstm_ref['ex_s']:.1f}x | - |")
+    for layer, runs in kernels.items():
+        which = "torch's LSTM" if layer == "torch" else "rnnsweep's compiled LSTM"
+        print(f"| bare kernel: {which} + head, fused Adam, 100-word vocabulary, same bucketed shapes | "
+              f"{max(runs):,.0f} | {max(runs) / lstm_ref['ex_s']:.1f}x | - |")
 
 
 if __name__ == "__main__":

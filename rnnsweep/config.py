@@ -267,6 +267,9 @@ class TrainConfig:
 class RuntimeConfig:
     device: Device = Device.auto
     threads: int = 0  # 0: leave torch's default (all cores)
+    # On the CPU, RNN, GRU and LSTM layers run rnnsweep's compiled kernels (rnnsweep/cpu_rnn.py,
+    # PyTorch's arithmetic); false: PyTorch's own layers.
+    compiled_rnn: bool = True
     progress: Progress = Progress.auto
     cache_dir: Optional[str] = None  # encoded data and downloads; null: $RNNSWEEP_CACHE_DIR or ~/.cache/rnnsweep
     amp: bool = False  # mixed precision: bfloat16 autocast (float16 with loss scaling on GPUs without bf16)

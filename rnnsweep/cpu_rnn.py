@@ -21,10 +21,16 @@ scalar and was 2.8x slower).
 
 from __future__ import annotations
 
+import functools
+import importlib
+
+import numba
 import numpy as np
 import torch
+from numba import prange
 
 from .numba_math import JIT as _jit
+from .numba_math import PARALLEL_JIT as _parallel
 from .numba_math import sigmoid, tanh
 
 WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch's names, less the _l{layer} suffix
@@ -49,13 +55,12 @@ def _back_through_w_hh(dh_prev, d_gh, w_hh):
             dh_prev[k] += d * w_hh[j, k]
 
 
-@_jit
+@_parallel
 def _rnn_forward(gi, w_hh_t, b_hh, out):
     batch, steps, hidden = out.shape
-    h = np.zeros(hidden, dtype=np.float32)
-    gh = np.empty(hidden, dtype=np.float32)
-    for b in range(batch):
-        h[:] = 0.0
+    for b in prange(batch):
+        h = np.zeros(hidden, dtype=np.float32)
+        gh = np.empty(hidden, dtype=np.float32)
         for t in range(steps):
             _recurrent_product(gh, b_hh, w_hh_t, h)
             gi_bt = gi[b, t]
@@ -64,14 +69,13 @@ def _rnn_forward(gi, w_hh_t, b_hh, out):
             out[b, t, :] = h
 
 
-@_jit
+@_parallel
 def _rnn_backward(grad_out, out, w_hh, d_gi):
     """d_gi: the gradient of each step's pre-activation (also W_hh h's)."""
     batch, steps, hidden = out.shape
-    dh = np.zeros(hidden, dtype=np.float32)
     one = np.float32(1.0)
-    for b in range(batch):
-        dh[:] = 0.0
+    for b in prange(batch):
+        dh = np.zeros(hidden, dtype=np.float32)
         for t in range(steps - 1, -1, -1):
             out_bt, d_bt, grad_bt = out[b, t], d_gi[b, t], grad_out[b, t]
             for j in range(hidden):
@@ -80,16 +84,15 @@ def _rnn_backward(grad_out, out, w_hh, d_gi):
             _back_through_w_hh(dh, d_bt, w_hh)
 
 
-@_jit
+@_parallel
 def _gru_forward(gi, w_hh_t, b_hh, out, gates, gh_n):
     """Saves gates r, z, n (B, T, 3H) and gh_n, n's recurrent projection before the reset (B, T, H)."""
     batch, steps, hidden = out.shape
-    h = np.zeros(hidden, dtype=np.float32)
-    gh = np.empty(3 * hidden, dtype=np.float32)
-    pre_n = np.empty(hidden, dtype=np.float32)
     one = np.float32(1.0)
-    for b in range(batch):
-        h[:] = 0.0
+    for b in prange(batch):
+        h = np.zeros(hidden, dtype=np.float32)
+        gh = np.empty(3 * hidden, dtype=np.float32)
+        pre_n = np.empty(hidden, dtype=np.float32)
         for t in range(steps):
             _recurrent_product(gh, b_hh, w_hh_t, h)
             gi_bt, gates_bt, gh_n_bt = gi[b, t], gates[b, t], gh_n[b, t]
@@ -106,15 +109,14 @@ def _gru_forward(gi, w_hh_t, b_hh, out, gates, gh_n):
             out[b, t, :] = h
 
 
-@_jit
+@_parallel
 def _gru_backward(grad_out, out, gates, gh_n, w_hh, d_gi, d_gh):
     """d_gi: gradients of the input projections; d_gh: of the recurrent ones (they differ in n)."""
     batch, steps, hidden = out.shape
-    dh = np.zeros(hidden, dtype=np.float32)
-    h_prev = np.zeros(hidden, dtype=np.float32)
     one = np.float32(1.0)
-    for b in range(batch):
-        dh[:] = 0.0
+    for b in prange(batch):
+        dh = np.zeros(hidden, dtype=np.float32)
+        h_prev = np.zeros(hidden, dtype=np.float32)
         for t in range(steps - 1, -1, -1):
             if t > 0:
                 h_prev[:] = out[b, t - 1]
@@ -141,6 +143,80 @@ def _gru_backward(grad_out, out, gates, gh_n, w_hh, d_gi, d_gh):
             _back_through_w_hh(dh, d_gh_bt, w_hh)
 
 
+@_parallel
+def _lstm_forward(gi, w_hh_t, b_hh, out, gates, cells, tanh_cells):
+    """Saves gates i, f, g, o (B, T, 4H), the cell states and their tanh (B, T, H)."""
+    batch, steps, hidden = out.shape
+    for b in prange(batch):
+        c = np.zeros(hidden, dtype=np.float32)
+        h = np.zeros(hidden, dtype=np.float32)
+        pre = np.empty(4 * hidden, dtype=np.float32)
+        for t in range(steps):
+            _recurrent_product(pre, b_hh, w_hh_t, h)
+            gi_bt, g_bt, c_bt, tc_bt, out_bt = gi[b, t], gates[b, t], cells[b, t], tanh_cells[b, t], out[b, t]
+            for j in range(4 * hidden):
+                pre[j] += gi_bt[j]
+            # One gate per loop, each on its own slices (see the module's docstring).
+            i, f, g, o = g_bt[:hidden], g_bt[hidden:2 * hidden], g_bt[2 * hidden:3 * hidden], g_bt[3 * hidden:]
+            pre_i, pre_f, pre_g, pre_o = pre[:hidden], pre[hidden:2 * hidden], pre[2 * hidden:3 * hidden], pre[3 * hidden:]
+            for j in range(hidden):
+                i[j] = sigmoid(pre_i[j])
+            for j in range(hidden):
+                f[j] = sigmoid(pre_f[j])
+            for j in range(hidden):
+                g[j] = tanh(pre_g[j])
+            for j in range(hidden):
+                o[j] = sigmoid(pre_o[j])
+            for j in range(hidden):
+                c[j] = f[j] * c[j] + i[j] * g[j]
+            for j in range(hidden):
+                c_bt[j] = c[j]
+            for j in range(hidden):
+                tc_bt[j] = tanh(c[j])
+            for j in range(hidden):
+                h[j] = o[j] * tc_bt[j]
+            for j in range(hidden):
+                out_bt[j] = h[j]
+
+
+@_parallel
+def _lstm_backward(grad_out, gates, cells, tanh_cells, w_hh, d_g):
+    """d_g: the gradient of each step's gate pre-activations (input and recurrent projections alike)."""
+    batch, steps, hidden = cells.shape
+    one = np.float32(1.0)
+    for b in prange(batch):
+        dh = np.zeros(hidden, dtype=np.float32)
+        dc = np.zeros(hidden, dtype=np.float32)
+        for t in range(steps - 1, -1, -1):
+            g_bt, d_bt, grad_bt, tc = gates[b, t], d_g[b, t], grad_out[b, t], tanh_cells[b, t]
+            i, f, g, o = g_bt[:hidden], g_bt[hidden:2 * hidden], g_bt[2 * hidden:3 * hidden], g_bt[3 * hidden:]
+            d_i, d_f, d_gg, d_o = d_bt[:hidden], d_bt[hidden:2 * hidden], d_bt[2 * hidden:3 * hidden], d_bt[3 * hidden:]
+            for j in range(hidden):
+                dh[j] += grad_bt[j]
+            for j in range(hidden):
+                d_o[j] = dh[j] * tc[j] * o[j] * (one - o[j])
+            for j in range(hidden):
+                dc[j] += dh[j] * o[j] * (one - tc[j] * tc[j])
+            for j in range(hidden):
+                d_i[j] = dc[j] * g[j] * i[j] * (one - i[j])
+            if t > 0:
+                c_prev = cells[b, t - 1]
+                for j in range(hidden):
+                    d_f[j] = dc[j] * c_prev[j] * f[j] * (one - f[j])
+            else:  # the state before the first step is zero
+                for j in range(hidden):
+                    d_f[j] = np.float32(0.0)
+            for j in range(hidden):
+                d_gg[j] = dc[j] * i[j] * (one - g[j] * g[j])
+            for j in range(hidden):
+                dc[j] = dc[j] * f[j]
+            dh[:] = 0.0
+            _back_through_w_hh(dh, d_bt, w_hh)
+
+
+_SAVED_WIDTHS = {"rnn": (), "gru": ("width", "hidden"), "lstm": ("width", "hidden", "hidden")}
+
+
 class _Layer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kind, x, w_ih, w_hh, b_ih, b_hh):
@@ -149,13 +225,12 @@ class _Layer(torch.autograd.Function):
         gi = torch.addmm(b_ih.detach(), x.detach().reshape(-1, x.shape[2]), w_ih.detach().t())
         gi = gi.view(batch, steps, width).numpy()
         out = x.new_empty(batch, steps, hidden)
-        args = (gi, w_hh.detach().t().contiguous().numpy(), b_hh.detach().numpy(), out.numpy())
-        if kind == "rnn":
-            _rnn_forward(*args)
-            saved = ()
-        else:
-            saved = (x.new_empty(batch, steps, width), x.new_empty(batch, steps, hidden))
-            _gru_forward(*args, *(s.numpy() for s in saved))
+        # What the backward loop reads besides the outputs: the GRU's gates and n's recurrent
+        # projection, the LSTM's gates, cell states and their tanh.
+        saved = tuple(x.new_empty(batch, steps, width if w == "width" else hidden) for w in _SAVED_WIDTHS[kind])
+        forward = {"rnn": _rnn_forward, "gru": _gru_forward, "lstm": _lstm_forward}[kind]
+        forward(gi, w_hh.detach().t().contiguous().numpy(), b_hh.detach().numpy(), out.numpy(),
+                *(s.numpy() for s in saved))
         ctx.kind = kind
         ctx.save_for_backward(x, w_ih, w_hh, out, *saved)
         return out
@@ -171,6 +246,8 @@ class _Layer(torch.autograd.Function):
         d_gh = d_gi  # the recurrent projections' gradient: the same, but for the GRU's n
         if ctx.kind == "rnn":
             _rnn_backward(grad, out.numpy(), w, d_gi.numpy())
+        elif ctx.kind == "lstm":
+            _lstm_backward(grad, *(s.numpy() for s in saved), w, d_gi.numpy())
         else:
             d_gh = x.new_empty(batch, steps, width)
             _gru_backward(grad, out.numpy(), *(s.numpy() for s in saved), w, d_gi.numpy(), d_gh.numpy())
@@ -178,13 +255,17 @@ class _Layer(torch.autograd.Function):
         flat_gi, flat_gh = d_gi.view(-1, width), d_gh.view(-1, width)
         d_x = (flat_gi @ w_ih.detach()).view_as(x) if ctx.needs_input_grad[1] else None
         d_w_ih = flat_gi.t() @ x.detach().reshape(-1, x.shape[2])
-        return None, d_x, d_w_ih, flat_gh.t() @ h_prev, flat_gi.sum(0), flat_gh.sum(0)
+        d_b_ih = flat_gi.sum(0)
+        d_b_hh = d_b_ih if d_gh is d_gi else flat_gh.sum(0)
+        return None, d_x, d_w_ih, flat_gh.t() @ h_prev, d_b_ih, d_b_hh
 
 
 def kind_of(rnn: torch.nn.Module) -> str | None:
-    """'rnn' or 'gru' for the layers this module computes, None for the others."""
+    """'rnn', 'gru' or 'lstm' for the layers this module computes, None for the others."""
     if isinstance(rnn, torch.nn.GRU):
         return "gru"
+    if isinstance(rnn, torch.nn.LSTM) and not rnn.proj_size:
+        return "lstm"
     if isinstance(rnn, torch.nn.RNN) and rnn.nonlinearity == "tanh":
         return "rnn"
     return None
@@ -197,6 +278,31 @@ def layer(rnn: torch.nn.Module, x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch
 
 
 def applies(x: torch.Tensor, rnn: torch.nn.Module) -> bool:
-    """Whether `layer` can stand in for `rnn` on input `x`: a GRU or tanh RNN with biases, float32, CPU."""
+    """Whether `layer` can stand in for `rnn` on input `x`: a GRU, tanh RNN or LSTM without projection,
+    with biases, float32, on the CPU."""
     return (kind_of(rnn) is not None and x.device.type == "cpu" and x.dtype == torch.float32 and rnn.bias
             and not torch.is_autocast_enabled())
+
+
+@functools.cache
+def _pool_pays() -> bool:
+    """Whether numba's thread pool is one that wakes fast enough for these loops: OpenMP or TBB.
+    numba falls back to its own `workqueue` pool where neither loads; there a batch split over two
+    threads ran an LSTM layer 1.5x slower than one thread did. numba tries the same modules in turn."""
+    if numba.config.THREADING_LAYER == "workqueue":
+        return False
+    for pool in ("omppool", "tbbpool"):
+        try:
+            importlib.import_module(f"numba.np.ufunc.{pool}")
+            return True
+        except ImportError:
+            continue
+    return False
+
+
+def set_threads(n: int) -> int:
+    """Split the compiled loops' batches over `n` threads (as many as numba's pool has, at most;
+    one where its pool would not pay). Returns the number set."""
+    n = max(1, min(n, numba.config.NUMBA_NUM_THREADS)) if _pool_pays() else 1
+    numba.set_num_threads(n)
+    return n

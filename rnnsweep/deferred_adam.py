@@ -14,7 +14,8 @@ AdamW's decoupled decay of the weight) in closed form. The result is Adam's, to 
 as fused and for-loop Adam agree with each other.
 
 The loops are compiled by numba (see numba_math): they run over a few hundred rows per step,
-element by element, which is exactly what Python and whole-tensor torch ops are bad at.
+element by element, which is exactly what Python and whole-tensor torch ops are bad at. Rows are
+independent, so the loops over them are split over numba's threads (cpu_rnn.set_threads).
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ import math
 import numpy as np
 import torch
 
+from numba import prange
+
 from .numba_math import JIT as _jit
+from .numba_math import PARALLEL_JIT as _parallel
 from .numba_math import sqrt as _sqrt
 from .optim import AdamMoments, DenseAdam
 
@@ -77,25 +81,32 @@ def _replay(p, m, v, r, first, last, lr, b1, b2, eps, decay, may_stop):
             return
 
 
-@_jit
+@_parallel
 def _catch_up(p, m, v, current, ids, step, lr, b1, b2, eps, decay, may_stop):
     """Bring every row named in `ids` (repeats allowed) up to `step`."""
-    for i in range(ids.shape[0]):
+    stale = np.empty(ids.shape[0], dtype=np.int64)
+    first = np.empty(ids.shape[0], dtype=np.int64)
+    k = 0
+    for i in range(ids.shape[0]):  # each stale row once: no two threads may replay the same row
         r = ids[i]
         if current[r] < step:
-            _replay(p, m, v, r, current[r] + 1, step, lr, b1, b2, eps, decay, may_stop)
+            stale[k] = r
+            first[k] = current[r] + 1
             current[r] = step
+            k += 1
+    for j in prange(k):
+        _replay(p, m, v, stale[j], first[j], step, lr, b1, b2, eps, decay, may_stop)
 
 
-@_jit
+@_parallel
 def _catch_up_all(p, m, v, current, step, lr, b1, b2, eps, decay, may_stop):
-    for r in range(p.shape[0]):
+    for r in prange(p.shape[0]):
         if current[r] < step:
             _replay(p, m, v, r, current[r] + 1, step, lr, b1, b2, eps, decay, may_stop)
             current[r] = step
 
 
-@_jit
+@_parallel
 def adam_rows(p, m, v, current, rows, grads, step, lr, b1, b2, eps, decay, may_stop, replay=True):
     """Adam step number `step` for the rows with a gradient (each row once), after the steps they
     missed (replay=False: without them, which is lazy Adam, optimizer=sparse_adam)."""
@@ -103,7 +114,7 @@ def adam_rows(p, m, v, current, rows, grads, step, lr, b1, b2, eps, decay, may_s
     bc2_sqrt = np.float32(math.sqrt(1.0 - b2**step))
     b1f, b2f, epsf, decayf = np.float32(b1), np.float32(b2), np.float32(eps), np.float32(decay)
     one = np.float32(1.0)
-    for i in range(rows.shape[0]):
+    for i in prange(rows.shape[0]):  # rows are distinct: each thread owns the rows it takes
         r = rows[i]
         if replay and current[r] < step - 1:
             _replay(p, m, v, r, current[r] + 1, step - 1, lr, b1, b2, eps, decay, may_stop)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint, tracking
+from . import checkpoint, cpu_rnn, tracking
 from . import data as data_sources
 from .config import (
     AgNewsDataConfig,
@@ -150,6 +150,7 @@ def build_model(cfg: RootConfig, splits: data_sources.Splits, device: torch.devi
         embed_init=m.embed_init.value,
         sparse_embedding=sparse_embedding(cfg, device),
         native_packing=cfg.batching.native_packing,
+        compiled_rnn=cfg.runtime.compiled_rnn,
     )
 
 
@@ -219,6 +220,7 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
     seed_everything(cfg.seed)
     if cfg.runtime.threads > 0:
         torch.set_num_threads(cfg.runtime.threads)
+    cpu_rnn.set_threads(torch.get_num_threads())  # the compiled layers' loops: as many threads as torch's
     progress = show_progress(cfg)
 
     record: dict[str, Any] = {

@@ -23,8 +23,9 @@ from filelock import FileLock, Timeout
 from . import __version__
 
 # Keys that cannot change what a run computes: how it is watched, how many threads share the
-# work, and where things are written. Dotted prefixes.
-NON_RESULT_KEYS = ("logger", "runtime.threads", "runtime.progress", "runtime.cache_dir", "ledger")
+# work, which implementation of the same layer runs it, and where things are written. Dotted prefixes.
+NON_RESULT_KEYS = ("logger", "runtime.threads", "runtime.compiled_rnn", "runtime.progress", "runtime.cache_dir",
+                   "ledger")
 
 RECORD = "metrics.json"
 CHECKPOINT = "checkpoint.pt"

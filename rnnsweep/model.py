@@ -69,7 +69,7 @@ class TextClassifier(nn.Module):
             raise ValueError("a bag of embeddings pools with mean or max")
         self.arch, self.pooling, self.packed = arch, pooling, packed
         self.native_packing = native_packing
-        # GRUs and RNNs on the CPU run cpu_rnn's compiled layers (same arithmetic); False: torch's own loop.
+        # RNNs, GRUs and LSTMs on the CPU run cpu_rnn's compiled layers (same arithmetic); False: torch's own.
         self.compiled_rnn = compiled_rnn
         self.bidirectional, self.num_layers = bidirectional, num_layers
         self.dropout = dropout
@@ -157,7 +157,7 @@ class TextClassifier(nn.Module):
         return self.compiled_rnn and cpu_rnn.applies(x, rnn)
 
     def _stack(self, x: torch.Tensor) -> torch.Tensor:
-        """self.rnn(x)'s outputs for a unidirectional stack; a GRU or RNN on the CPU runs cpu_rnn's kernel."""
+        """self.rnn(x)'s outputs for a unidirectional stack; on the CPU, cpu_rnn's kernels run its layers."""
         if not self._compiled(x, self.rnn):
             return self.rnn(x)[0]
         for layer in range(self.num_layers):

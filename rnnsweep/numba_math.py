@@ -8,7 +8,8 @@ elements per call, so eight lanes per instruction decide their speed:
 - `exp`, `sigmoid` and `tanh` are the Cephes float32 routines (range reduction and a
   polynomial). Measured over 3 million points in [-30, 30] against float64: exp within 0.98 ulp,
   sigmoid 2.41 (torch's own float32 sigmoid: 2.46), tanh 1.28 (torch: 0.51);
-- `JIT` compiles with numpy's error model (IEEE division) and caches the machine code on disk.
+- `JIT` compiles with numpy's error model (IEEE division) and caches the machine code on disk;
+  `PARALLEL_JIT` the same, with numba's parallel loops (`prange`).
 
 numba's disk cache is keyed by each kernel's own source file, not by the helpers it inlines from
 here: after editing this module, delete `rnnsweep/__pycache__/*.nb[ic]` (an installed release
@@ -23,6 +24,8 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 JIT = njit(cache=True, nogil=True, error_model="numpy")
+# Loops whose outer `prange` splits independent work (a batch's sequences) over numba's threads.
+PARALLEL_JIT = njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 _INLINE = njit(cache=True, nogil=True, error_model="numpy", inline="always")
 F = np.float32
 

@@ -178,3 +178,27 @@ def test_gradient_rows_sum_an_embeddings_repeated_tokens_as_coalesce_does():
     assert rows[order].tolist() == want.indices()[0].tolist() == [0, 3, 5, 9, 1499]
     torch.testing.assert_close(torch.from_numpy(values[order]), want.values())
     assert (slot == -1).all()  # left ready for the next step
+
+
+def test_deferred_adam_split_over_threads_gives_the_one_thread_table_bit_for_bit():
+    """Rows are replayed and stepped on whichever thread takes them; a batch naming a row twice must
+    still replay it once."""
+    from rnnsweep import cpu_rnn
+    tables = []
+    try:
+        for threads in (1, 2):
+            if cpu_rnn.set_threads(threads) != threads:
+                pytest.skip("numba has one thread here, or a pool the loops do not use")
+            torch.manual_seed(0)
+            emb = torch.nn.Embedding(V, D, sparse=True)
+            opt = DeferredAdam([emb], [], lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
+            for rows, grad in zipf_gradients(40):
+                emb(torch.cat([rows, rows[:5]]))  # repeats, as a batch's tokens have them
+                emb.weight.grad = grad
+                opt.step()
+            opt.flush()
+            tables.append((emb.weight.detach().clone(), opt.exp_avg[0].clone(), opt.exp_avg_sq[0].clone()))
+    finally:
+        cpu_rnn.set_threads(torch.get_num_threads())
+    for one, two in zip(*tables):
+        assert torch.equal(one, two)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 
@@ -222,6 +223,24 @@ def test_fast_path_options_train_end_to_end(compose_cfg, tmp_path, extra):
         assert record["metrics"]["steps"] == 2  # 50 examples at batch 32
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_runtime_compiled_rnn_picks_the_layer_a_run_trains_and_threads_reach_its_loops(compose_cfg, tmp_path,
+                                                                                      monkeypatch, compiled):
+    import numba
+
+    from rnnsweep import cpu_rnn
+    calls = []
+    real_layer = cpu_rnn.layer
+    monkeypatch.setattr(cpu_rnn, "layer", lambda *a: calls.append(1) or real_layer(*a))  # counts, then computes
+    cpu_rnn.set_threads(2)
+    settings = config.validate(compose_cfg([*TINY, "model=lstm", "runtime.device=cpu", "runtime.threads=1",
+                                            f"runtime.compiled_rnn={str(compiled).lower()}"]))
+    record = job.run(settings, job.RunContext(out_dir=tmp_path))
+    assert record["status"] == "completed", record["error"]
+    assert bool(calls) == compiled
+    assert numba.get_num_threads() == 1
+
+
 def test_amp_on_the_cpu_is_refused_before_training(compose_cfg, tmp_path):
     settings = config.validate(compose_cfg([*TINY, "runtime.amp=true", "runtime.device=cpu"]))
     with pytest.raises(job.RunFailed, match="runtime.amp=true needs a CUDA device"):
@@ -301,15 +320,15 @@ def test_row_adam_is_torchs_sparse_adam(dtype):
     (1, False, "last", False), (2, False, "mean", False), (1, False, "seed_hlast", False),
     (1, False, "seed_mean", True), (1, True, "last", False), (2, True, "max", True),
 ])
-@pytest.mark.parametrize("arch", ["gru", "rnn"])
-def test_the_compiled_cpu_layers_compute_what_torchs_gru_and_rnn_do(arch, layers, bidirectional, pooling, packed):
+@pytest.mark.parametrize("arch", ["gru", "rnn", "lstm"])
+def test_the_compiled_cpu_layers_compute_what_torchs_layers_do(arch, layers, bidirectional, pooling, packed):
     nets, b = assert_twins_agree("compiled_rnn", 4, 1e-4, arch=arch, num_layers=layers, bidirectional=bidirectional,
                                  pooling=pooling, packed=packed)
     with torch.inference_mode():  # evaluation runs the same kernel without a graph
         torch.testing.assert_close(nets[0](b.ids, b.lengths), nets[1](b.ids, b.lengths), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", [torch.nn.GRU, torch.nn.RNN])
+@pytest.mark.parametrize("kind", [torch.nn.GRU, torch.nn.RNN, torch.nn.LSTM])
 def test_a_compiled_layer_gives_torchs_outputs_and_gradients_at_lesson_sizes(kind):
     from rnnsweep import cpu_rnn
     torch.manual_seed(0)
@@ -327,5 +346,36 @@ def test_a_compiled_layer_gives_torchs_outputs_and_gradients_at_lesson_sizes(kin
     for ours, theirs, exact in zip(torch.autograd.grad(out, [x, *weights], grad), expected, truth):
         torch_error = (theirs.double() - exact).abs().max().item()
         assert (ours.double() - exact).abs().max().item() <= 4 * torch_error + 1e-6
-    relu = torch.nn.RNN(64, 32, nonlinearity="relu")
-    assert cpu_rnn.applies(x, rnn) and not cpu_rnn.applies(x, relu) and not cpu_rnn.applies(x.double(), rnn)
+    relu, projected = torch.nn.RNN(64, 32, nonlinearity="relu"), torch.nn.LSTM(64, 32, proj_size=16)
+    assert cpu_rnn.applies(x, rnn) and not cpu_rnn.applies(x.double(), rnn)
+    assert not cpu_rnn.applies(x, relu) and not cpu_rnn.applies(x, projected)
+
+
+@pytest.mark.parametrize("kind", [torch.nn.GRU, torch.nn.RNN, torch.nn.LSTM])
+def test_a_compiled_layer_split_over_threads_gives_the_one_thread_numbers_bit_for_bit(kind):
+    """Each thread takes whole sequences of the batch: any scratch shared between them would show."""
+    from rnnsweep import cpu_rnn
+    torch.manual_seed(0)
+    rnn = kind(24, 16, batch_first=True)
+    x = torch.randn(13, 29, 24, requires_grad=True)  # a batch that two threads split unevenly
+    weights = [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
+    grad = torch.randn(13, 29, 16)
+    results = []
+    try:
+        for threads in (1, 2):
+            if cpu_rnn.set_threads(threads) != threads:
+                pytest.skip("numba has one thread here, or a pool the layers do not use")
+            out = cpu_rnn.layer(rnn, x, *weights)
+            results.append([out, *torch.autograd.grad(out, [x, *weights], grad)])
+    finally:
+        cpu_rnn.set_threads(torch.get_num_threads())
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+
+
+def test_compiled_layers_stay_on_one_thread_where_numbas_pool_would_not_pay():
+    script = ("from rnnsweep import cpu_rnn; import numba; "
+              "print(cpu_rnn.set_threads(2), numba.get_num_threads())")
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_NUM_THREADS": "2"}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert res.stdout.split() == ["1", "1"]

@@ -21,8 +21,8 @@ def identity(compose_cfg, overrides):
 
 def test_identity_ignores_what_cannot_change_the_result(compose_cfg):
     base = identity(compose_cfg, [])
-    for harmless in (["logger=wandb"], ["runtime.threads=2"], ["runtime.progress=on"], ["ledger.force=true"],
-                     ["ledger.store=/elsewhere"], ["logger.log_every=7"]):
+    for harmless in (["logger=wandb"], ["runtime.threads=2"], ["runtime.compiled_rnn=false"], ["runtime.progress=on"],
+                     ["ledger.force=true"], ["ledger.store=/elsewhere"], ["logger.log_every=7"]):
         assert identity(compose_cfg, harmless) == base, harmless
     for meaningful in (["optimizer.lr=0.01"], ["model=gru"], ["data.seed=9"], ["data.variant=long_range"],
                        ["train.epochs=2"], ["batching=packed"]):
