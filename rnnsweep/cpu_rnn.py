@@ -1,22 +1,26 @@
-"""One GRU or tanh RNN layer on the CPU, its forward and backward passes compiled.
+"""One tanh RNN, GRU or LSTM layer on the CPU, its forward and backward passes compiled.
 
 At batch 16 and hidden 32 a recurrent layer is hundreds of tiny operations per batch. PyTorch's
 CPU build runs the GRU and the vanilla RNN as a loop of small ops per time step, forward and
-backward, where per-op overhead is most of the time (its LSTM has a oneDNN kernel, which the
-same approach did not beat: 3.2 ms against 2.9 ms per forward and backward). Here:
+backward, where per-op overhead is most of the time; its LSTM has a oneDNN kernel, which still
+pays a call per step. Here:
 
 - the input projections of all time steps are one matrix product (torch);
 - the recurrence runs in two numba loops, one forward and one backward, that touch only what the
   next step needs: the recurrent matrix-vector product and the gates. The forward loop saves the
-  gate activations for the backward loop;
+  gate activations (and the LSTM's cell states and their tanh) for the backward loop;
+- a batch's sequences are independent, so both loops split the batch over numba's threads
+  (`prange`, `set_threads`); each sequence is computed by one thread, exactly as on one;
 - the weight gradients are again matrix products over all time steps (torch).
 
 The arithmetic is PyTorch's, gate for gate: RNN h' = tanh(W_ih x + b_ih + W_hh h + b_hh); GRU
-gates r, z, n with the reset gate scaling the recurrent projection of n, bias included. All in
-float32 from a zero state; sigmoid and tanh are numba_math's vectorizable routines (within
-2.5 ulp, as torch's sigmoid). Every elementwise loop handles one quantity over the hidden units,
-which keeps it to a few arrays: LLVM then vectorizes it (one loop computing every gate stayed
-scalar and was 2.8x slower).
+gates r, z, n with the reset gate scaling the recurrent projection of n, bias included; LSTM
+gates i, f, g, o, c' = f c + i g, h' = o tanh(c'). All in float32 from a zero state; sigmoid and
+tanh are numba_math's vectorizable routines (within 2.5 ulp, as torch's sigmoid). Every
+elementwise loop handles one quantity over the hidden units, which keeps it to a few arrays: LLVM
+then vectorizes it (one loop computing every gate stayed scalar and was 2.8x slower). On one
+thread the LSTM was no faster than oneDNN's (3.2 ms against 2.9 per forward and backward); split
+over two it is.
 """
 
 from __future__ import annotations
