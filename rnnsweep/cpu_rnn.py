@@ -289,6 +289,18 @@ def applies(x: torch.Tensor, rnn: torch.nn.Module) -> bool:
 
 
 @functools.cache
+def warm_up(kind: str) -> None:
+    """Call `kind`'s loops once on a tiny layer, forward and backward: numba compiles a loop at its
+    first call (seconds, the first time after an install; a load from its disk cache after that),
+    and a run should not count that as training time."""
+    cls = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[kind]
+    with torch.random.fork_rng(devices=[]):  # the run's own random stream stays where it was
+        rnn = cls(2, 2, batch_first=True)
+    x = torch.zeros(2, 3, 2, requires_grad=True)
+    layer(rnn, x, *(getattr(rnn, f"{name}_l0") for name in WEIGHTS)).sum().backward()
+
+
+@functools.cache
 def _pool_pays() -> bool:
     """Whether numba's thread pool is one that wakes fast enough for these loops: OpenMP or TBB.
     numba falls back to its own `workqueue` pool where neither loads; there a batch split over two

@@ -20,6 +20,7 @@ independent, so the loops over them are split over numba's threads (cpu_rnn.set_
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -157,6 +158,26 @@ def gradient_rows(grad: torch.Tensor, slot: np.ndarray) -> tuple[np.ndarray, np.
     """(rows, summed values) of a float32 CPU sparse gradient. An embedding's backward leaves one
     entry per looked-up token; coalescing them costs a sort, a third of a small model's optimizer step."""
     return _merge_rows(grad._indices()[0].numpy(), grad._values().contiguous().numpy(), slot)
+
+
+@functools.cache
+def warm_up(lazy: bool) -> None:
+    """A few steps of deferred Adam (or, `lazy`, of sparse_adam's row loop) on a tiny table, so that
+    numba compiles or loads its loops here rather than inside a run's timed epoch."""
+    from .optim import RowAdam
+
+    with torch.random.fork_rng(devices=[]):  # the run's own random stream stays where it was
+        table = torch.nn.Embedding(4, 2, sparse=True)
+    if lazy:
+        opt = RowAdam(list(table.parameters()), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    else:
+        opt = DeferredAdam([table], [], lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    for ids in ([[1, 2, 1]], [[3]], [[1, 3]]):  # a repeated row, and rows that miss steps
+        table(torch.tensor(ids)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    if not lazy:
+        opt.flush()
 
 
 class DeferredAdam(AdamMoments):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint, cpu_rnn, tracking
+from . import checkpoint, cpu_rnn, deferred_adam, tracking
 from . import data as data_sources
 from .config import (
     AgNewsDataConfig,
@@ -36,7 +36,8 @@ from .data import batches, sources
 from .data.pipeline import SplitOptions, TokenizerOptions
 from .ledger import CHECKPOINT
 from .model import TextClassifier, count_parameters
-from .optim import make_optimizer
+from .deferred_adam import DeferredAdam
+from .optim import LazyAdam, make_optimizer
 from .train import Diverged, evaluate, fit
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,19 @@ def build_optimizer(cfg: RootConfig, model: torch.nn.Module, device: torch.devic
     return make_optimizer(o.name.value, model, lr=o.lr, weight_decay=getattr(o, "weight_decay", 0.0), **options)
 
 
+def warm_up_compiled_loops(model: TextClassifier, optimizer) -> None:
+    """numba compiles each loop at its first call: seconds, the first time after an install. Make
+    those calls here, on tiny tensors, so that the timed epoch (and the examples/s a report
+    compares across runs) does not include them."""
+    kind = cpu_rnn.kind_of(model.rnn) if model.rnn is not None and model.compiled_rnn else None
+    if kind is not None:
+        cpu_rnn.warm_up(kind)
+    if isinstance(optimizer, DeferredAdam):
+        deferred_adam.warm_up(lazy=False)
+    elif isinstance(optimizer, LazyAdam):
+        deferred_adam.warm_up(lazy=True)
+
+
 def open_tracker(cfg: RootConfig, ctx: RunContext):
     lg = cfg.logger
     if lg.backend is LoggerBackend.none or lg.mode.value == "disabled":
@@ -277,6 +291,8 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
             record["resumed_from_epoch"] = state.epoch
             log.info("resuming %s from its epoch-%d checkpoint", ctx.out_dir, state.epoch)
         record["metrics"]["params"] = count_parameters(model)
+        if device.type == "cpu":
+            warm_up_compiled_loops(model, optimizer)
         tracker = open_tracker(cfg, ctx)
         if tracker.run_id is not None:
             record["wandb"] = {"id": tracker.run_id, "mode": tracker.mode, "dir": str(ctx.out_dir / "wandb")}

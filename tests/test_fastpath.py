@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -379,3 +380,45 @@ def test_compiled_layers_stay_on_one_thread_where_numbas_pool_would_not_pay():
     env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_NUM_THREADS": "2"}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
     assert res.stdout.split() == ["1", "1"]
+
+
+WARM_UP_SCRIPT = """
+import json
+import sys
+import torch
+from rnnsweep import cpu_rnn, deferred_adam, job
+from rnnsweep.model import TextClassifier
+from rnnsweep.optim import make_optimizer
+
+name = sys.argv[1]
+loops = [cpu_rnn._lstm_forward, cpu_rnn._lstm_backward, deferred_adam.adam_rows, deferred_adam._merge_rows]
+if name == "adam":
+    loops += [deferred_adam._catch_up, deferred_adam._catch_up_all]
+model = TextClassifier(50, 3, arch="lstm", embed_dim=8, hidden_dim=8, sparse_embedding=True)
+opt = make_optimizer(name, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, embedding_grad="deferred")
+rng = torch.random.get_rng_state()
+job.warm_up_compiled_loops(model, opt)
+assert torch.equal(rng, torch.random.get_rng_state()), "the warm-up drew from the run's random stream"
+warmed = [len(loop.signatures) for loop in loops]
+ids, lengths = torch.randint(1, 50, (3, 5)), torch.tensor([5, 4, 2])
+for _ in range(3):
+    torch.nn.functional.cross_entropy(model(ids, lengths), torch.tensor([0, 1, 2])).backward()
+    opt.step()
+    opt.zero_grad()
+if name == "adam":
+    opt.flush()
+with torch.inference_mode():
+    model(ids, lengths)
+print(json.dumps([warmed, [len(loop.signatures) for loop in loops]]))
+"""
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sparse_adam"])
+def test_the_warm_up_readies_every_loop_training_calls_so_none_compiles_inside_the_timed_epoch(optimizer):
+    """A loop that training calls with other argument types than the warm-up did would compile
+    anew inside the epoch: then its count of compiled signatures grows after the warm-up."""
+    res = subprocess.run([sys.executable, "-c", WARM_UP_SCRIPT, optimizer], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    warmed, trained = json.loads(res.stdout.strip().splitlines()[-1])
+    assert all(n >= 1 for n in warmed)
+    assert trained == warmed
