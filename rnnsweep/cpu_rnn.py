@@ -289,11 +289,10 @@ def applies(x: torch.Tensor, rnn: torch.nn.Module) -> bool:
 
 
 @functools.cache
-def warm_up(kind: str) -> None:
-    """Call `kind`'s loops once on a tiny layer, forward and backward: numba compiles a loop at its
-    first call (seconds, the first time after an install; a load from its disk cache after that),
-    and a run should not count that as training time."""
-    cls = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[kind]
+def warm_up(cls: type[torch.nn.Module]) -> None:
+    """Call the loops of `cls`'s layers (nn.RNN, nn.GRU, nn.LSTM) once on a tiny layer, forward and
+    backward: numba compiles a loop at its first call (seconds, the first time after an install; a
+    load from its disk cache after that), and a run should not count that as training time."""
     with torch.random.fork_rng(devices=[]):  # the run's own random stream stays where it was
         rnn = cls(2, 2, batch_first=True)
     x = torch.zeros(2, 3, 2, requires_grad=True)

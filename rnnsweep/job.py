@@ -192,9 +192,8 @@ def warm_up_compiled_loops(model: TextClassifier, optimizer) -> None:
     """numba compiles each loop at its first call: seconds, the first time after an install. Make
     those calls here, on tiny tensors, so that the timed epoch (and the examples/s a report
     compares across runs) does not include them."""
-    kind = cpu_rnn.kind_of(model.rnn) if model.rnn is not None and model.compiled_rnn else None
-    if kind is not None:
-        cpu_rnn.warm_up(kind)
+    if model.rnn is not None and model.compiled_rnn and cpu_rnn.kind_of(model.rnn) is not None:
+        cpu_rnn.warm_up(type(model.rnn))
     if isinstance(optimizer, DeferredAdam):
         deferred_adam.warm_up(lazy=False)
     elif isinstance(optimizer, LazyAdam):
