@@ -92,7 +92,6 @@ def bare_kernel(data: Path, work: Path, epoch_size: int, bucket: bool, device: s
     """The LSTM layer + head, forward + backward + fused Adam step, on ready batches of the shapes
     rnnsweep trains on, with a 100-word vocabulary: the ceiling for any input pipeline. The layer
     is torch's, or with `compiled` (on the CPU) rnnsweep's compiled one."""
-    from rnnsweep import cpu_rnn
     from rnnsweep.data import SplitOptions, TokenizerOptions, prepare
     from rnnsweep.data.sources import AG_NEWS_MD5, AgNews
 

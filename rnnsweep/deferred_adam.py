@@ -31,7 +31,7 @@ from numba import prange
 from .numba_math import JIT as _jit
 from .numba_math import PARALLEL_JIT as _parallel
 from .numba_math import sqrt as _sqrt
-from .optim import AdamMoments, DenseAdam
+from .optim import AdamMoments, DenseAdam, RowAdam
 
 # Below this |update| / |weight|, float32 round-to-nearest leaves the weight unchanged (half an ulp).
 _HALF_ULP = np.float32(2.0**-25)
@@ -164,8 +164,6 @@ def gradient_rows(grad: torch.Tensor, slot: np.ndarray) -> tuple[np.ndarray, np.
 def warm_up(lazy: bool) -> None:
     """A few steps of deferred Adam (or, `lazy`, of sparse_adam's row loop) on a tiny table, so that
     numba compiles or loads its loops here rather than inside a run's timed epoch."""
-    from .optim import RowAdam
-
     with torch.random.fork_rng(devices=[]):  # the run's own random stream stays where it was
         table = torch.nn.Embedding(4, 2, sparse=True)
     if lazy:

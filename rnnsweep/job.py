@@ -36,7 +36,6 @@ from .data import batches, sources
 from .data.pipeline import SplitOptions, TokenizerOptions
 from .ledger import CHECKPOINT
 from .model import TextClassifier, count_parameters
-from .deferred_adam import DeferredAdam
 from .optim import LazyAdam, make_optimizer
 from .train import Diverged, evaluate, fit
 
@@ -194,7 +193,7 @@ def warm_up_compiled_loops(model: TextClassifier, optimizer) -> None:
     compares across runs) does not include them."""
     if model.rnn is not None and model.compiled_rnn and cpu_rnn.kind_of(model.rnn) is not None:
         cpu_rnn.warm_up(type(model.rnn))
-    if isinstance(optimizer, DeferredAdam):
+    if isinstance(optimizer, deferred_adam.DeferredAdam):
         deferred_adam.warm_up(lazy=False)
     elif isinstance(optimizer, LazyAdam):
         deferred_adam.warm_up(lazy=True)
