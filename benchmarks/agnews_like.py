@@ -8,6 +8,13 @@ Words are pronounceable made-up tokens drawn from a Zipf law, so that the 120,00
 `basic_english` vocabulary near AG News's (~95,000 words); each class prefers its own topic
 words, so classifiers learn something and accuracy can be compared. Titles are capitalised and
 texts carry AG News's punctuation, so tokenizers do the same work they do on the real data.
+
+Text lengths follow AG News's, since a recurrent layer's cost grows with them while the lesson's
+dense Adam step does not. AG News's 120,000 training texts (title + " " + description) average
+236.5 characters (its published size); 581 real rows average 5.29 characters per `basic_english`
+token, so the real mean is about 44.7 tokens, with a right tail (those rows: standard deviation
+16.7, 5th and 95th percentiles 24 and 76). The 120,000 generated texts here: mean 44.6 tokens,
+standard deviation 17.0, percentiles 24 and 77, vocabulary 96,281 words.
 """
 
 from __future__ import annotations
@@ -19,10 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-LEXICON = 125_000
+LEXICON = 142_000
 TOPIC_WORDS = 3_000  # per class
 TOPIC_SHARE = 0.25  # of a text's words
 ZIPF = 1.15
+TITLE_WORDS = (4, 9)  # uniform, inclusive
+BODY_FLOOR, BODY_SHAPE, BODY_SCALE, BODY_MAX = 3, 2.2, 7.4, 150
 SYLLABLES = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"] + ["th", "st", "qu", "ck"]
 
 
@@ -61,8 +70,10 @@ def write_split(path: Path, rows: int, words: np.ndarray, topics: np.ndarray, se
         for start in range(0, rows, chunk):
             n = min(chunk, rows - start)
             labels = rng.integers(0, 4, size=n)
-            title_len = rng.integers(5, 11, size=n)
-            body_len = rng.integers(15, 33, size=n)
+            title_len = rng.integers(TITLE_WORDS[0], TITLE_WORDS[1] + 1, size=n)
+            # Right-skewed, as news descriptions are: a floor plus a gamma-distributed rest.
+            body_len = np.minimum(BODY_FLOOR + np.rint(rng.gamma(BODY_SHAPE, BODY_SCALE, size=n)).astype(np.int64),
+                                  BODY_MAX)
             lengths = title_len + body_len
             total = int(lengths.sum())
             ids = common(total)

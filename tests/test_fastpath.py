@@ -100,8 +100,10 @@ def test_fused_and_foreach_adam_are_the_same_algorithm_as_the_default(impl):
 
 @pytest.mark.parametrize("impl", ["fused", "foreach", "for_loop"])
 @pytest.mark.parametrize("decoupled,weight_decay", [(False, 0.0), (True, 0.1)])
-def test_dense_adam_gives_torchs_adam_bit_for_bit(impl, decoupled, weight_decay):
-    """Across a learning-rate change, a parameter without a gradient, and a checkpoint."""
+@pytest.mark.parametrize("first_missing", [0, 4, None])
+def test_dense_adam_gives_torchs_adam_bit_for_bit(impl, decoupled, weight_decay, first_missing):
+    """Across a learning-rate change, a parameter without a gradient (from the first step, from a
+    later one, never: fused Adam then keeps one step count for all), and a checkpoint."""
     torch.manual_seed(0)
     start = [torch.randn(7, 5), torch.randn(5), torch.randn(3)]
     ours, theirs = ([torch.nn.Parameter(t.clone()) for t in start] for _ in range(2))
@@ -116,7 +118,8 @@ def test_dense_adam_gives_torchs_adam_bit_for_bit(impl, decoupled, weight_decay)
             if step == 6:
                 o.param_groups[0]["lr"] = 3e-3
             for p, g in zip(params, grads):
-                p.grad = None if (step % 3 == 0 and p is params[2]) else g.clone()
+                missing = first_missing is not None and step >= first_missing and step % 3 == 0
+                p.grad = None if (missing and p is params[2]) else g.clone()
             o.step()
         if step == 8:  # resume from a copy of the state, as from a checkpoint
             state = copy.deepcopy(opt.state_dict())
@@ -125,6 +128,7 @@ def test_dense_adam_gives_torchs_adam_bit_for_bit(impl, decoupled, weight_decay)
             opt.load_state_dict(state)
         for p, q in zip(ours, theirs):
             assert torch.equal(p, q), f"step {step}"
+    assert (opt._shared_step is not None) == (impl == "fused" and first_missing is None)
 
 
 def test_the_separate_adamw_kernel_of_older_torch_gives_the_same_steps(monkeypatch):
@@ -140,14 +144,17 @@ def test_the_separate_adamw_kernel_of_older_torch_gives_the_same_steps(monkeypat
         for seed in range(5):
             for p in params:
                 p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(seed))
+            if seed == 0:  # a parameter without a gradient: DenseAdam takes the functional path
+                params[1].grad = None
             opt.step()
         return params
 
-    start = torch.randn(6, 4)
-    new = steps([torch.nn.Parameter(start.clone())])
+    start = [torch.randn(6, 4), torch.randn(3)]
+    new = steps([torch.nn.Parameter(t.clone()) for t in start])
     monkeypatch.setattr(optim, "_functional_adam", lambda decoupled: adamw)
-    old = steps([torch.nn.Parameter(start.clone())])
-    assert torch.equal(new[0], old[0])
+    old = steps([torch.nn.Parameter(t.clone()) for t in start])
+    for a, b in zip(new, old):
+        assert torch.equal(a, b)
 
 
 def test_the_cpu_optimizers_train_without_importing_torch_dynamo():
