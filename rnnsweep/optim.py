@@ -83,22 +83,21 @@ class DenseAdam(AdamMoments):
         self.steps = [torch.zeros((), dtype=torch.float32, device=p.device if self.fused else "cpu")
                       for p in self.params]
         # While every step updates every parameter (a model's dense weights, as a rule), their step
-        # counts are equal, and fused Adam's kernel is called directly with one count for all:
-        # torch's functional wrapper regroups the tensors and adds 1 to each count per step,
-        # together about three times the kernel's own time for a small recurrent model on a CPU.
+        # counts are equal, and fused Adam's kernel is called directly with one count shared by all
+        # (`self.steps` then holds that one tensor n times). torch's functional wrapper regroups the
+        # tensors and adds 1 to each count every step: 0.28-0.45 ms a step of the lesson's LSTM on
+        # this CPU, against 0.12-0.15 ms this way. `_fused_kernel` is None once the counts part.
         one_kind = len({(p.device, p.dtype) for p in self.params}) == 1
         self._fused_kernel = (getattr(torch, "_fused_adamw_" if decoupled else "_fused_adam_", None)
-                              if self.fused and one_kind else None)
-        self._shared_step = None
-        if self._fused_kernel is not None and self.params:
-            self._shared_step = self.steps[0]
-            self.steps = [self._shared_step] * len(self.params)
+                              if self.fused and one_kind and self.params else None)
+        if self._fused_kernel is not None:
+            self.steps = [self.steps[0]] * len(self.params)
 
     def _separate_steps(self) -> None:
         """Give each parameter its own step count again (from then on torch's functional path)."""
-        if self._shared_step is not None:
+        if self._fused_kernel is not None:
             self.steps = [s.clone() for s in self.steps]
-            self._shared_step = None
+            self._fused_kernel = None
 
     @torch.no_grad()
     def step(self) -> None:
@@ -107,8 +106,8 @@ class DenseAdam(AdamMoments):
         if not active:
             return
         b1, b2 = group["betas"]
-        if self._shared_step is not None and len(active) == len(self.params):
-            self._shared_step.add_(1)
+        if self._fused_kernel is not None and len(active) == len(self.params):
+            self.steps[0].add_(1)
             self._fused_kernel(self.params, [p.grad for p in self.params], self.exp_avg, self.exp_avg_sq, [],
                                self.steps, amsgrad=False, lr=group["lr"], beta1=b1, beta2=b2,
                                weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,

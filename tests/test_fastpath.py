@@ -128,7 +128,7 @@ def test_dense_adam_gives_torchs_adam_bit_for_bit(impl, decoupled, weight_decay,
             opt.load_state_dict(state)
         for p, q in zip(ours, theirs):
             assert torch.equal(p, q), f"step {step}"
-    assert (opt._shared_step is not None) == (impl == "fused" and first_missing is None)
+    assert (opt._fused_kernel is not None) == (impl == "fused" and first_missing is None)
 
 
 def test_the_separate_adamw_kernel_of_older_torch_gives_the_same_steps(monkeypatch):
