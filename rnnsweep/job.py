@@ -291,6 +291,7 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
         record["metrics"]["params"] = count_parameters(model)
         if device.type == "cpu":
             warm_up_compiled_loops(model, optimizer)
+        batches.warm_up(splits.train)
         tracker = open_tracker(cfg, ctx)
         if tracker.run_id is not None:
             record["wandb"] = {"id": tracker.run_id, "mode": tracker.mode, "dir": str(ctx.out_dir / "wandb")}

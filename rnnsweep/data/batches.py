@@ -8,6 +8,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..numba_math import JIT
 from .encoded import EncodedTexts
 from .tokenization import PAD_ID
 
@@ -31,19 +32,43 @@ class Batch:
         )
 
 
+@JIT
+def _longest(offsets, rows):
+    width = 0
+    for r in rows:
+        width = max(width, offsets[r + 1] - offsets[r])
+    return width
+
+
+@JIT
+def _fill(ids, offsets, labels, rows, pad, out_ids, out_lengths, out_labels):
+    for b in range(rows.shape[0]):
+        start, end = offsets[rows[b]], offsets[rows[b] + 1]
+        out_lengths[b] = end - start
+        out_labels[b] = labels[rows[b]]
+        out_ids[b, : end - start] = ids[start:end]
+        out_ids[b, end - start :] = pad
+
+
 def collate(data: EncodedTexts, rows: np.ndarray, pin: bool = False) -> Batch:
-    starts = np.asarray(data.offsets[rows])
-    lengths = np.asarray(data.offsets[rows + 1]) - starts
-    width = int(lengths.max())
-    # Gather every (row, position) at once: position t of row b is ids[start_b + t] while t < len_b.
-    pos = np.arange(width)
-    mask = pos[None, :] < lengths[:, None]
-    ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
-    ids[mask] = data.ids[(starts[:, None] + pos[None, :])[mask]]
-    batch = Batch(torch.from_numpy(ids), torch.from_numpy(lengths), torch.from_numpy(np.asarray(data.labels[rows])))
+    # One compiled pass over the batch's rows: a quarter of a step's overhead was this gather in numpy.
+    offsets, rows = np.asarray(data.offsets), np.asarray(rows, dtype=np.int64)
+    ids = torch.empty(len(rows), _longest(offsets, rows), dtype=torch.int64)
+    lengths = torch.empty(len(rows), dtype=torch.int64)
+    labels = torch.empty(len(rows), dtype=torch.int64)
+    _fill(np.asarray(data.ids), offsets, np.asarray(data.labels), rows, PAD_ID, ids.numpy(), lengths.numpy(),
+          labels.numpy())
+    batch = Batch(ids, lengths, labels)
     if pin:  # page-locked host memory: the copy to the GPU can overlap with compute
         batch = Batch(batch.ids.pin_memory(), batch.lengths, batch.labels.pin_memory())
     return batch
+
+
+def warm_up(data: EncodedTexts) -> None:
+    """Cut one batch, so that compiling `collate`'s loops for these arrays' types (or loading them
+    from numba's disk cache) is not counted as training time."""
+    if len(data):
+        collate(data, np.zeros(1, dtype=np.int64))
 
 
 def batch_rows(
