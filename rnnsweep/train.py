@@ -1,8 +1,8 @@
 """Fit and evaluate: epochs of optimizer steps, validation after each, metrics to callbacks.
 
-Plain torch: a model, an optimizer, batch iterables. Losses and correct counts accumulate on
-the device and are read back only every `log_every` steps and at the end of an epoch, so the
-loop does not stall on a host sync per step.
+Plain torch: a model, an optimizer, batch iterables. Each step's loss and logits are kept as they
+are and summed only every `log_every` steps and at the end of an epoch, so the loop neither stalls
+on a host sync per step nor spends small tensor operations on metrics a step.
 """
 
 from __future__ import annotations
@@ -82,6 +82,36 @@ def evaluate(model: torch.nn.Module, batches: Iterable[Batch], num_classes: int,
     }
 
 
+class _Window:
+    """The steps since the last read: each step's mean loss, batch size, logits and labels, held
+    as they are. Summing them step by step took ten small tensor operations a step, about 0.1 ms,
+    3% of a step of the lesson's LSTM on a CPU; here that is a few operations per read."""
+
+    def __init__(self) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.sizes: list[int] = []
+        self.logits: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.losses.append(loss.detach())
+        self.sizes.append(len(labels))
+        self.logits.append(logits.detach())
+        self.labels.append(labels)
+
+    def read(self) -> tuple[float, int, int]:
+        """(loss summed over examples, correct predictions, examples), then empty."""
+        if not self.sizes:
+            return 0.0, 0, 0
+        sizes = torch.tensor(self.sizes, dtype=torch.float64, device=self.losses[0].device)
+        loss_sum = float(torch.dot(torch.stack(self.losses).double(), sizes))
+        correct = int((torch.cat(self.logits).argmax(1) == torch.cat(self.labels)).sum())
+        n = sum(self.sizes)
+        for held in (self.losses, self.sizes, self.logits, self.labels):
+            held.clear()
+        return loss_sum, correct, n
+
+
 @dataclass
 class FitState:
     """Where training stands after `epoch` completed epochs; what a checkpoint stores."""
@@ -135,12 +165,8 @@ def fit(
     step = state.step
     for epoch in range(state.epoch + 1, epochs + 1):
         model.train()
-        # Window sums for step logs and epoch sums for the epoch record, both kept on the device.
-        win_loss = torch.zeros((), device=device)
-        win_correct = torch.zeros((), dtype=torch.long, device=device)
-        ep_loss = torch.zeros((), dtype=torch.float64, device=device)
-        ep_correct = torch.zeros((), dtype=torch.long, device=device)
-        win_n = ep_n = 0
+        window = _Window()
+        ep_loss, ep_correct, ep_n = 0.0, 0, 0
         bar = tqdm(
             train_batches(epoch),
             total=steps_per_epoch,
@@ -169,26 +195,20 @@ def fit(
                 scaler.step(optimizer)
                 scaler.update()
             step += 1
-            b = len(batch)
-            correct = (logits.detach().argmax(1) == batch.labels).sum()
-            win_loss += loss.detach() * b
-            win_correct += correct
-            ep_loss += loss.detach().double() * b
-            ep_correct += correct
-            win_n += b
-            ep_n += b
+            window.add(loss, logits, batch.labels)
             if step % log_every == 0:
+                loss_sum, correct, n = window.read()
+                ep_loss, ep_correct, ep_n = ep_loss + loss_sum, ep_correct + correct, ep_n + n
                 metrics = {
-                    "train/loss": _finite_or_raise(float(win_loss) / win_n, step, epoch, history),
-                    "train/acc": float(win_correct) / win_n,
+                    "train/loss": _finite_or_raise(loss_sum / n, step, epoch, history),
+                    "train/acc": correct / n,
                     "epoch": epoch,
                 }
                 bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", acc=f"{metrics['train/acc']:.3f}")
                 for cb in callbacks:
                     cb.on_step(step, metrics)
-                win_loss.zero_()
-                win_correct.zero_()
-                win_n = 0
+        loss_sum, correct, n = window.read()
+        ep_loss, ep_correct, ep_n = ep_loss + loss_sum, ep_correct + correct, ep_n + n
         if hasattr(optimizer, "flush"):  # deferred Adam's outstanding updates are this epoch's work: time them
             optimizer.flush()
         if device.type == "cuda":
@@ -197,8 +217,8 @@ def fit(
         bar.close()
         record = {
             "epoch": epoch,
-            "train/loss": _finite_or_raise(float(ep_loss) / max(ep_n, 1), step, epoch, history),
-            "train/acc": float(ep_correct) / max(ep_n, 1),
+            "train/loss": _finite_or_raise(ep_loss / max(ep_n, 1), step, epoch, history),
+            "train/acc": ep_correct / max(ep_n, 1),
             "train/examples_per_s": ep_n / epoch_seconds if epoch_seconds > 0 else 0.0,
         }
         val = evaluate(model, val_batches(), num_classes, device, amp)

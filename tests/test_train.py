@@ -9,7 +9,8 @@ import torch
 
 from conftest import TINY
 from rnnsweep import config, job
-from rnnsweep.train import macro_f1
+from rnnsweep.data.batches import Batch
+from rnnsweep.train import fit, macro_f1
 
 TIMING = {"wall_s", "train/examples_per_s", "train/seconds"}
 
@@ -74,3 +75,41 @@ def test_macro_f1_matches_a_hand_computation():
     f1_0 = 2 * 3 / (2 * 3 + 2 + 1)
     f1_1 = 2 * 4 / (2 * 4 + 1 + 2)
     assert macro_f1(confusion) == pytest.approx((f1_0 + f1_1) / 2)
+
+
+class _Recorder:
+    def __init__(self):
+        self.steps = []
+
+    def on_step(self, step, metrics):
+        self.steps.append((step, metrics))
+
+    def on_epoch(self, step, metrics):
+        pass
+
+
+def test_step_and_epoch_metrics_are_the_example_weighted_loss_and_accuracy_of_their_batches():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Flatten(), torch.nn.Linear(24, 3))
+    forward = model.forward
+    model.forward = lambda ids, lengths: forward(ids)
+    sizes = [4, 4, 2, 4, 3, 4, 1]  # seven batches, uneven: windows of three leave one for the epoch's end
+    batches = [Batch(torch.randint(0, 50, (n, 3)), torch.full((n,), 3), torch.randint(0, 3, (n,))) for n in sizes]
+    with torch.no_grad():  # lr 0: every batch meets the initial weights
+        losses = [torch.nn.functional.cross_entropy(model(b.ids, b.lengths), b.labels, reduction="sum").item()
+                  for b in batches]
+        correct = [(model(b.ids, b.lengths).argmax(1) == b.labels).sum().item() for b in batches]
+    assert 0 < sum(correct) < sum(sizes)  # the accuracy checks below can tell right from wrong
+    recorder = _Recorder()
+    state = fit(model, torch.optim.SGD(model.parameters(), lr=0.0), lambda epoch: batches, lambda: [],
+                epochs=1, steps_per_epoch=len(batches), num_classes=3, device=torch.device("cpu"), log_every=3,
+                callbacks=[recorder])
+    windows = [slice(0, 3), slice(3, 6)]
+    assert [step for step, _ in recorder.steps] == [3, 6]
+    for (_, metrics), w in zip(recorder.steps, windows):
+        assert metrics["train/loss"] == pytest.approx(sum(losses[w]) / sum(sizes[w]))
+        assert metrics["train/acc"] == pytest.approx(sum(correct[w]) / sum(sizes[w]))
+    epoch = state.history[0]
+    assert epoch["train/loss"] == pytest.approx(sum(losses) / sum(sizes))
+    assert epoch["train/acc"] == pytest.approx(sum(correct) / sum(sizes))
+    assert state.train_examples == sum(sizes)
