@@ -26,7 +26,8 @@ from numba.extending import intrinsic
 JIT = njit(cache=True, nogil=True, error_model="numpy")
 # Loops whose outer `prange` splits independent work (a batch's sequences) over numba's threads.
 PARALLEL_JIT = njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-_INLINE = njit(cache=True, nogil=True, error_model="numpy", inline="always")
+# Helpers inlined into the loops that call them (numba IR inlining: the caller is compiled as one piece).
+INLINE_JIT = njit(cache=True, nogil=True, error_model="numpy", inline="always")
 F = np.float32
 
 
@@ -44,7 +45,7 @@ def _bits_as_float(typingctx, bits):
     return types.float32(types.int32), codegen
 
 
-@_INLINE
+@INLINE_JIT
 def exp(x):
     x = min(max(x, F(-87.3)), F(88.0))
     # n = round(x / ln 2) by the 1.5 * 2**23 trick; r = x - n ln 2 in two parts (Cody-Waite).
@@ -60,12 +61,12 @@ def exp(x):
     return p * _bits_as_float((np.int32(n) + np.int32(127)) << np.int32(23))  # p * 2**n
 
 
-@_INLINE
+@INLINE_JIT
 def sigmoid(x):
     return F(1.0) / (F(1.0) + exp(-x))
 
 
-@_INLINE
+@INLINE_JIT
 def tanh(x):
     a = abs(x)
     z = x * x
