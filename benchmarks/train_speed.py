@@ -15,9 +15,11 @@ training examples (the lesson's `epoch_size`), every model tested on the whole t
 Throughput is training examples per second over the training loop (batching included,
 evaluation excluded) for both. On a shared machine a neighbour can halve one measurement, so
 the comparison table runs reference and rnnsweep (and, for the LSTM, the bare kernels) alternately
-`--repeats` times and keeps each side's best throughput. Repeat k trains with seed k on both sides
-(initial weights and batch order), so the accuracy columns are means over seeds: one seed's test
-accuracy after one epoch moves by about a point with float rounding alone. The bare kernel is run
+`--repeats` times and keeps each side's best throughput; each ratio is also given paired, as the
+median over repeats of each rnnsweep run against the reference run of its own repeat. Repeat k
+trains with seed k on both sides (initial weights and batch order), so the accuracy columns are
+means over seeds: one seed's test accuracy after one epoch moves by about a point with float
+rounding alone. The bare kernel is run
 twice per repeat: with torch's LSTM (oneDNN) and with rnnsweep's compiled LSTM, the layer
 rnnsweep trains with. rnnsweep's share of each is given best against best and, less exposed to a
 neighbour's load changing between runs, as the median of each repeat against the kernel run just
@@ -208,12 +210,19 @@ def compare(args: argparse.Namespace, work: Path, device: str) -> None:
     seeds = range(args.repeats)
     which = f"seeds 0-{seeds[-1]}" if len(seeds) > 1 else "seed 0"
     print(f"Best of {args.repeats} alternating runs each ({which}); test accuracy: the mean over those seeds:\n")
-    print("| model | reference ex/s | acc | rnnsweep (exact Adam) ex/s | acc | ratio | "
-          "rnnsweep sparse_adam ex/s | acc | ratio |")
+    print("Ratio: best against best, then (paired) the median over repeats of each rnnsweep run against "
+          "the reference run of its own repeat, run just before it, so less exposed to the machine's load "
+          "changing.\n")
+    print("| model | reference ex/s | acc | rnnsweep (exact Adam) ex/s | acc | ratio: best / paired | "
+          "rnnsweep sparse_adam ex/s | acc | ratio: best / paired |")
     print("|---|---|---|---|---|---|---|---|---|")
     def best(runs: list[dict]) -> dict:
         return {"ex_s": max(r["ex_s"] for r in runs), "acc": sum(r["acc"] for r in runs) / len(runs),
                 "accs": [r["acc"] for r in runs]}
+
+    def ratios(runs: list[dict], refs: list[dict]) -> str:
+        paired = statistics.median(r["ex_s"] / ref_run["ex_s"] for r, ref_run in zip(runs, refs))
+        return f"{max(r['ex_s'] for r in runs) / max(r['ex_s'] for r in refs):.1f}x / {paired:.1f}x"
 
     # The bare kernels, measured alongside the LSTM rows (same conditions): torch's layer and, on
     # the CPU, rnnsweep's compiled one.
@@ -235,8 +244,8 @@ def compare(args: argparse.Namespace, work: Path, device: str) -> None:
         r, fast, sparse = best(refs), best(fasts), best(sparses)
         per_seed.append((name, r, fast, sparse))
         print(f"| {name} | {r['ex_s']:,.0f} | {r['acc']:.3f} | {fast['ex_s']:,.0f} | {fast['acc']:.3f} | "
-              f"{fast['ex_s'] / r['ex_s']:.1f}x | {sparse['ex_s']:,.0f} | {sparse['acc']:.3f} | "
-              f"{sparse['ex_s'] / r['ex_s']:.1f}x |", flush=True)
+              f"{ratios(fasts, refs)} | {sparse['ex_s']:,.0f} | {sparse['acc']:.3f} | {ratios(sparses, refs)} |",
+              flush=True)
         if name == "lstm":
             lstm_ref, lstm_fast, lstm_sparse, lstm_fasts, lstm_sparses = r, fast, sparse, fasts, sparses
 
