@@ -1,0 +1,45 @@
+"""`make bench` keeps working and prints what the README quotes from it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import train_speed  # noqa: E402
+
+
+def test_ratio_cell_pairs_each_repeat_with_its_own_reference_run():
+    refs = [{"ex_s": 100.0}, {"ex_s": 200.0}, {"ex_s": 150.0}]
+    runs = [{"ex_s": 1000.0}, {"ex_s": 3000.0}, {"ex_s": 1200.0}]
+    # best 3000 against best 200; per repeat 10x, 15x and 8x, whose median is 10x
+    assert train_speed.ratio_cell(runs, refs) == "15.0x / 10.0x"
+
+
+def test_ratio_cell_refuses_unpaired_repeats():
+    with pytest.raises(ValueError):
+        train_speed.ratio_cell([{"ex_s": 1.0}], [{"ex_s": 1.0}, {"ex_s": 2.0}])
+
+
+@pytest.mark.slow
+def test_train_speed_benchmark_runs_end_to_end_on_small_data(tmp_path):
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, str(BENCH / "agnews_like.py"), str(data), "--train", "3000", "--test", "300"],
+                   check=True, capture_output=True)
+    res = subprocess.run([sys.executable, str(BENCH / "train_speed.py"), "--data", str(data), "--models", "lstm",
+                          "--repeats", "2", "--epoch-size", "160", "--no-levers", "--threads", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    row = next(line for line in res.stdout.splitlines() if line.startswith("| lstm |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 9
+    for ratio in (cells[5], cells[8]):
+        best, paired = re.fullmatch(r"([\d.]+)x / ([\d.]+)x", ratio).groups()
+        assert float(best) > 0 and float(paired) > 0
+    assert "seed 0:" in res.stdout and "seed 1:" in res.stdout
+    assert "rnnsweep's compiled LSTM:" in res.stdout and "torch's LSTM (oneDNN):" in res.stdout
