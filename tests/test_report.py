@@ -217,7 +217,8 @@ def test_a_sweep_ends_with_its_report_and_a_rerun_from_scratch_reproduces_the_ta
     assert run.summary["plots/test_accuracy/_type"] == "image-file"
 
 
-def test_the_report_imports_nothing_from_training():
-    code = "import sys, rnnsweep.report.cli; print(sorted(m for m in ('torch', 'hydra', 'rnnsweep.job') if m in sys.modules))"
+def test_the_report_command_imports_nothing_from_training_nor_pandas_before_it_builds():
+    heavy = ('torch', 'hydra', 'rnnsweep.job', 'pandas', 'matplotlib')
+    code = f"import sys, rnnsweep.report.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr

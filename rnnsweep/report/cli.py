@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import ReportError, build
-
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -50,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.inputs[0])
     if out is None:
         parser().error("--out is needed when the inputs are not one directory")
+    from . import ReportError, build  # pandas: only once the arguments are known to be usable
+
     try:
         if args.push_wandb:
             from .wandb_compare import push_report

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..wandb_mode import resolve_wandb_mode
-from . import Report
+from .builder import Report
 
 log = logging.getLogger(__name__)
 
