@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,6 +248,22 @@ def test_runtime_compiled_rnn_picks_the_layer_a_run_trains_and_threads_reach_its
     assert record["status"] == "completed", record["error"]
     assert bool(calls) == compiled
     assert numba.get_num_threads() == 1
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: every thread count is one")
+def test_a_fresh_process_trains_on_the_threads_it_was_given_after_numbas_pool_starts(tmp_path):
+    # A launcher's worker (submitit, Ray) runs its first job in a process where numba's pool has
+    # not started yet; starting it must not hand torch every core again.
+    script = ("import sys, torch; from conftest import TINY, compose_config; from rnnsweep import config, job; "
+              "from pathlib import Path; "
+              "cfg = config.validate(compose_config([*TINY, 'model=lstm', 'runtime.device=cpu', 'runtime.threads=1'])); "
+              "record = job.run(cfg, job.RunContext(out_dir=Path(sys.argv[1]))); "
+              "print(record['status'], record['env']['threads'], torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).parent, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split()[-3:] == ["completed", "1", "1"]
 
 
 def test_amp_on_the_cpu_is_refused_before_training(compose_cfg, tmp_path):

@@ -55,8 +55,10 @@ def test_submitit_local_sweep_completes_and_an_interrupted_one_resumes(tmp_path)
     first = run_cli(["-m", "launcher=submitit_local", *FOUR, *SMALL, "logger=none", f"ledger.store={store}",
                      f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert len(list(store.glob("*/metrics.json"))) == 4
+    records = [json.loads(p.read_text()) for p in store.glob("*/metrics.json")]
+    assert len(records) == 4
     assert all(j["status"] == "completed" for j in jobs(sweep))
+    assert {r["env"]["threads"] for r in records} == {1}  # cpus_per_task, though each job is a fresh process
     assert list(sweep.glob(".submitit/*/*_log.out"))  # the jobs ran as submitit jobs
 
     store2, sweep2 = tmp_path / "store2", tmp_path / "sweep2"
