@@ -6,7 +6,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-SWEEP  ?= outputs/multirun/demo_$(shell date +%Y-%m-%d_%H-%M-%S)
+# `date` runs once (:=): run at each use of SWEEP, a second ticking over between the sweep and the
+# listing of its records gave them two different directory names.
+DEMO_SWEEP := outputs/multirun/demo_$(shell date +%Y-%m-%d_%H-%M-%S)
+SWEEP  ?= $(DEMO_SWEEP)
 
 RAY_VENV ?= .venv-ray
 
