@@ -179,8 +179,8 @@ def main() -> None:
         p.error(f"--repeats {args.repeats}: expected 1 or more")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible to torch")
-    cpu_rnn.set_threads(args.threads)  # first: starting numba's pool resets torch's threads to every core
     torch.set_num_threads(args.threads)
+    cpu_rnn.set_threads(args.threads)
     device = args.device
     if device == "cpu":  # the compiled layers are CPU kernels; on the GPU cuDNN runs every layer
         layer_times()
@@ -301,8 +301,8 @@ def compare(args: argparse.Namespace, work: Path, device: str) -> None:
         for key in {o.split("=")[0] for o in extra}:
             overrides = [o for o in overrides if not (o.split("=")[0] == key and o not in extra)]
         r = rnnsweep_run(overrides, data, n, work, threads, device, args.batch_size)
-        cpu_rnn.set_threads(args.threads)
         torch.set_num_threads(args.threads)
+        cpu_rnn.set_threads(args.threads)
         print(f"| {label} | {r['ex_s']:,.0f} | {r['ex_s'] / lstm_ref['ex_s']:.1f}x | {r['acc']:.3f} |", flush=True)
     packed_native = rnnsweep_run(LESSONS["packed_lstm"] + ["batching.native_packing=true"], data, n, work,
                                  args.threads, device, args.batch_size)

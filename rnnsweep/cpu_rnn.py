@@ -333,5 +333,9 @@ def set_threads(n: int) -> int:
     """Split the compiled loops' batches over `n` threads (as many as numba's pool has, at most;
     one where its pool would not pay). Returns the number set."""
     n = max(1, min(n, numba.config.NUMBA_NUM_THREADS)) if _pool_pays() else 1
+    torch_threads = torch.get_num_threads()
     numba.set_num_threads(n)
+    # The first call starts numba's OpenMP pool, which resets OpenMP's thread count, and with it
+    # torch's, to every core: a launcher worker's first job would train on more than its share.
+    torch.set_num_threads(torch_threads)
     return n

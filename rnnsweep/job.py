@@ -230,11 +230,9 @@ def run(cfg: RootConfig, ctx: RunContext) -> dict[str, Any]:
     """Train and test one configuration; returns the result record it wrote."""
     started, t0 = _now(), time.perf_counter()
     seed_everything(cfg.seed)
-    threads = cfg.runtime.threads or torch.get_num_threads()  # 0: torch's default, every core
-    # The compiled layers' loops get as many threads as torch's ops. Their pool first: starting
-    # numba's OpenMP pool resets OpenMP's thread count, and with it torch's, to every core.
-    cpu_rnn.set_threads(threads)
-    torch.set_num_threads(threads)
+    if cfg.runtime.threads > 0:
+        torch.set_num_threads(cfg.runtime.threads)
+    cpu_rnn.set_threads(torch.get_num_threads())  # the compiled layers' loops: as many threads as torch's
     progress = show_progress(cfg)
 
     record: dict[str, Any] = {
