@@ -167,8 +167,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3,
                    help="alternating repeats of each comparison, repeat k with seed k (best throughput kept, "
                         "accuracy averaged)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--models", default="rnn,lstm,gru,packed_lstm")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch's and the compiled loops' threads on both sides (default: every core)")
+    p.add_argument("--models", default="rnn,lstm,gru,packed_lstm",
+                   help="comma-separated subset of rnn,lstm,gru,packed_lstm (default: all four)")
     p.add_argument("--no-levers", action="store_true", help="skip the lever-by-lever table")
     p.add_argument("--batch-size", type=int, default=16,
                    help="training batch size of both sides (default 16, the lesson's)")
@@ -177,6 +179,9 @@ def main() -> None:
     args = p.parse_args()
     if args.repeats < 1:
         p.error(f"--repeats {args.repeats}: expected 1 or more")
+    unknown = [m for m in args.models.split(",") if m not in LESSONS]
+    if unknown:
+        p.error(f"--models: unknown {', '.join(map(repr, unknown))} (choose from: {','.join(LESSONS)})")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible to torch")
     torch.set_num_threads(args.threads)

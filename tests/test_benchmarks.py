@@ -43,3 +43,11 @@ def test_train_speed_benchmark_runs_end_to_end_on_small_data(tmp_path):
         assert float(best) > 0 and float(paired) > 0
     assert "seed 0:" in res.stdout and "seed 1:" in res.stdout
     assert "rnnsweep's compiled LSTM:" in res.stdout and "torch's LSTM (oneDNN):" in res.stdout
+
+
+def test_train_speed_refuses_an_unknown_model_before_generating_anything(tmp_path):
+    res = subprocess.run([sys.executable, str(BENCH / "train_speed.py"), "--models", "lstm,transformer"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 2
+    assert "--models: unknown 'transformer' (choose from: rnn,lstm,gru,packed_lstm)" in res.stderr
+    assert list(tmp_path.iterdir()) == []
