@@ -90,6 +90,25 @@ def test_outputs_and_plots_are_written(sweep, tmp_path):
     assert "![test accuracy](test_accuracy.png)" in md and "- commits: abc123" in md
 
 
+def test_figures_come_in_the_formats_asked_for_and_byte_for_byte_reproducible(sweep, tmp_path):
+    pdf_only = build([str(sweep)], tmp_path / "pdf", plot_formats=("pdf",))
+    figures = sorted(p.name for p in pdf_only.files if p.suffix in {".png", ".svg", ".pdf"})
+    assert figures == ["accuracy_vs_time.pdf", "learning_curves.pdf", "test_accuracy.pdf"]
+    assert all((tmp_path / "pdf" / name).read_bytes().startswith(b"%PDF-") for name in figures)
+    md = (tmp_path / "pdf" / "report.md").read_text()
+    assert "![" not in md and "`test_accuracy.pdf`" in md
+
+    first, second = (build([str(sweep)], tmp_path / name, plot_formats=("png", "svg", "pdf")) for name in "ab")
+    every = sorted(p.name for p in first.files if p.suffix in {".png", ".svg", ".pdf"})
+    assert len(every) == 9
+    for name in every:  # no dates, no random ids: a rebuilt report changes no file
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+    with pytest.raises(ReportError, match="expected one or more of png, svg, pdf"):
+        build([str(sweep)], tmp_path / "c", plot_formats=("jpg",))
+    assert not (tmp_path / "c").exists()
+
+
 def test_latex_is_a_booktabs_fragment_with_the_best_value_bold(sweep):
     report = build([str(sweep)], None)
     tex = tables.latex(report.groups, report.keys, report.runs)
@@ -111,6 +130,17 @@ def test_latex_fragment_compiles(sweep, tmp_path):
     assert res.returncode == 0, res.stdout[-2000:]
     assert (tmp_path / "doc.pdf").stat().st_size > 1000
     assert report.keys == ["model"]
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no LaTeX installed")
+def test_pdf_figure_goes_into_a_latex_document(sweep, tmp_path):
+    build([str(sweep)], tmp_path / "out", plot_formats=("pdf",))
+    doc = tmp_path / "doc.tex"
+    doc.write_text("\\documentclass{article}\\usepackage{graphicx}\\begin{document}"
+                   "\\includegraphics[width=\\linewidth]{out/test_accuracy.pdf}\\end{document}\n")
+    res = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-2000:]
 
 
 def test_a_key_that_varies_independently_of_a_choice_becomes_a_column(tmp_path):
@@ -178,6 +208,11 @@ def test_report_cli(sweep, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [f"rnnsweep-report: error: {tmp_path / 'nope'}: no such file or directory"]
+    fmt = subprocess.run([sys.executable, "-m", "rnnsweep.report.cli", str(sweep), "--out", str(tmp_path / "f"),
+                          "--formats", "png,jpg"], capture_output=True, text=True, timeout=120)
+    assert fmt.returncode == 2 and not (tmp_path / "f").exists()
+    assert fmt.stderr.strip().splitlines() == ["rnnsweep-report: error: --formats png,jpg: expected one or more of "
+                                               "png, svg, pdf, comma-separated ('jpg' is not one)"]
     typo = subprocess.run([sys.executable, "-m", "rnnsweep.report.cli", str(tmp_path / "nope")],
                           capture_output=True, text=True, timeout=120)
     assert typo.returncode == 2

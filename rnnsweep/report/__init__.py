@@ -6,7 +6,11 @@
 
 from __future__ import annotations
 
-__all__ = ["Report", "ReportError", "build"]
+__all__ = ["Report", "ReportError", "build", "PLOT_FORMATS", "DEFAULT_PLOT_FORMATS"]
+
+# png for report.md and screens, svg for web pages, pdf for LaTeX (\includegraphics)
+PLOT_FORMATS = ("png", "svg", "pdf")
+DEFAULT_PLOT_FORMATS = ("png", "svg")
 
 
 def __getattr__(name: str):

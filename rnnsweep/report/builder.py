@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import aggregate, tables
-from .records import apply_where, load_runs
+from . import DEFAULT_PLOT_FORMATS, PLOT_FORMATS, aggregate, tables
+from .records import ReportError, apply_where, load_runs
 
 
 @dataclass
@@ -50,8 +50,12 @@ def build(
     cols: str | None = None,
     metric: str = "test/acc",
     make_plots: bool = True,
+    plot_formats: tuple[str, ...] = DEFAULT_PLOT_FORMATS,
 ) -> Report:
     """Read the records under `inputs`, aggregate, and (if `out_dir`) write every output there."""
+    unknown = [f for f in plot_formats if f not in PLOT_FORMATS]
+    if unknown or not plot_formats:
+        raise ReportError(f"plot formats {list(plot_formats)}: expected one or more of {', '.join(PLOT_FORMATS)}")
     runs, histories = load_runs(inputs)
     if where:
         runs = apply_where(runs, list(where))
@@ -85,9 +89,9 @@ def build(
     if make_plots and not groups.empty:
         from . import plots  # matplotlib: only when there are plots to draw
 
-        figures += plots.accuracy_bars(groups, keys, out_dir)
-        figures += plots.learning_curves(runs, histories, columns, out_dir)
-        figures += plots.accuracy_vs_time(runs, columns, out_dir)
+        figures += plots.accuracy_bars(groups, keys, out_dir, plot_formats)
+        figures += plots.learning_curves(runs, histories, columns, out_dir, plot_formats)
+        figures += plots.accuracy_vs_time(runs, columns, out_dir, plot_formats)
     report.files += figures
     (out_dir / "report.md").write_text(_report_markdown(report, inputs, figures))
     report.files.append(out_dir / "report.md")
@@ -116,9 +120,10 @@ def _report_markdown(report: Report, inputs: list[str], figures: list[Path]) -> 
         "`runs.csv` (one row per run, failed and diverged included).",
         "",
     ]
-    pngs = [f for f in figures if f.suffix == ".png"]
-    if pngs:
-        lines += ["## Plots", ""] + [f"![{f.stem.replace('_', ' ')}]({f.name})" for f in pngs] + [""]
+    if figures:
+        pngs = [f for f in figures if f.suffix == ".png"]
+        lines += ["## Plots", ""] + [line for f in pngs for line in (f"![{f.stem.replace('_', ' ')}]({f.name})", "")]
+        lines += ["Files: " + ", ".join(f"`{f.name}`" for f in figures) + ".", ""]
     lines += ["## Provenance", ""]
     lines += [f"- {what}: {', '.join(values) or 'unknown'}" for what, values in report.provenance.items()]
     if report.warnings:

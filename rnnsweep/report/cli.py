@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import DEFAULT_PLOT_FORMATS, PLOT_FORMATS
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -16,6 +18,7 @@ def parser() -> argparse.ArgumentParser:
         "  rnnsweep-report outputs/multirun/2026-11-26_10-00-00\n"
         "  rnnsweep-report outputs/store --where model=lstm --rows topology --out paper/\n"
         "  rnnsweep-report 'outputs/multirun/*' --cols data.variant --out outputs/report\n"
+        "  rnnsweep-report SWEEP_DIR --formats png,pdf --out paper/   # figures for LaTeX\n"
         "  rnnsweep-report SWEEP_DIR --push-wandb      # save the W&B report written offline",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -27,6 +30,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="test/acc", help="metric of the --cols table (default: test/acc)")
     p.add_argument("--out", type=Path, help="where to write (default: the input directory, if there is one)")
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--formats", default=",".join(DEFAULT_PLOT_FORMATS), metavar="EXT,...",
+                   help=f"the plots' file formats, from {', '.join(PLOT_FORMATS)} "
+                   f"(default: {','.join(DEFAULT_PLOT_FORMATS)}; pdf for LaTeX)")
     p.add_argument("--push-wandb", action="store_true",
                    help="save the W&B report spec found in the input directory (wandb_report.json) to W&B")
     return p
@@ -41,6 +47,11 @@ def _fail(message: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     out = args.out
+    formats = tuple(f.strip().lower().lstrip(".") for f in args.formats.split(",") if f.strip())
+    unknown = [f for f in formats if f not in PLOT_FORMATS]
+    if unknown or not formats:
+        _fail(f"--formats {args.formats}: expected one or more of {', '.join(PLOT_FORMATS)}, comma-separated"
+              + (f" ('{unknown[0]}' is not one)" if unknown else ""))
     missing = [i for i in args.inputs if not Path(i).exists()]
     if missing:  # before the --out check, which would otherwise blame a typo on a missing --out
         _fail(f"{missing[0]}: no such file or directory")
@@ -57,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
             print(push_report(Path(args.inputs[0])))
             return
         report = build(args.inputs, out, where=args.where, rows=args.rows.split(",") if args.rows else None,
-                       cols=args.cols, metric=args.metric, make_plots=not args.no_plots)
+                       cols=args.cols, metric=args.metric, make_plots=not args.no_plots,
+                       plot_formats=formats)
     except (ReportError, ValueError, OSError) as ex:
         _fail(str(ex))
     print(report.table_markdown)

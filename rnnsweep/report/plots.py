@@ -10,18 +10,20 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from . import DEFAULT_PLOT_FORMATS as DEFAULT_FORMATS  # noqa: E402
 from .aggregate import groups_of  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-# Reproducible SVGs: no creation date, a fixed id salt.
+# Reproducible files: no creation date, a fixed SVG id salt, no software stamp that changes with
+# matplotlib's version.
 plt.rcParams["svg.hashsalt"] = "rnnsweep"
-_METADATA = {"svg": {"Date": None}, "png": {"Software": None}}
+_METADATA = {"svg": {"Date": None}, "png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None}}
 
 
-def _save(fig, out_dir: Path, name: str) -> list[Path]:
+def _save(fig, out_dir: Path, name: str, formats: tuple[str, ...]) -> list[Path]:
     paths = []
-    for ext in ("png", "svg"):
+    for ext in formats:
         path = out_dir / f"{name}.{ext}"
         fig.savefig(path, dpi=150 if ext == "png" else None, bbox_inches="tight", metadata=_METADATA[ext])
         paths.append(path)
@@ -29,7 +31,8 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
-def learning_curves(runs: pd.DataFrame, histories: dict, keys: list[str], out_dir: Path) -> list[Path]:
+def learning_curves(runs: pd.DataFrame, histories: dict, keys: list[str], out_dir: Path,
+                    formats: tuple[str, ...] = DEFAULT_FORMATS) -> list[Path]:
     """Validation accuracy per epoch: the mean over seeds, with a band from min to max."""
     done = runs[runs["status"] == "completed"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -51,10 +54,11 @@ def learning_curves(runs: pd.DataFrame, histories: dict, keys: list[str], out_di
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
               title=", ".join(k.split(":", 1)[1] for k in keys) or None, title_fontsize=7)
-    return _save(fig, out_dir, "learning_curves")
+    return _save(fig, out_dir, "learning_curves", formats)
 
 
-def accuracy_bars(agg: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
+def accuracy_bars(agg: pd.DataFrame, keys: list[str], out_dir: Path,
+                  formats: tuple[str, ...] = DEFAULT_FORMATS) -> list[Path]:
     labels = [", ".join(str(agg.iloc[i][k]) for k in keys) or "all runs" for i in range(len(agg))]
     means = agg["test/acc:mean"].to_numpy() * 100
     stds = np.nan_to_num(agg["test/acc:std"].to_numpy() * 100)
@@ -64,10 +68,11 @@ def accuracy_bars(agg: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Pat
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Test accuracy (mean ± std over seeds)")
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out_dir, "test_accuracy")
+    return _save(fig, out_dir, "test_accuracy", formats)
 
 
-def accuracy_vs_time(runs: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
+def accuracy_vs_time(runs: pd.DataFrame, keys: list[str], out_dir: Path,
+                     formats: tuple[str, ...] = DEFAULT_FORMATS) -> list[Path]:
     done = runs[runs["status"] == "completed"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for values, group in groups_of(done, keys):
@@ -78,4 +83,4 @@ def accuracy_vs_time(runs: pd.DataFrame, keys: list[str], out_dir: Path) -> list
     ax.set_title("Accuracy versus training time (one point per run)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, out_dir, "accuracy_vs_time")
+    return _save(fig, out_dir, "accuracy_vs_time", formats)
