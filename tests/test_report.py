@@ -119,28 +119,32 @@ def test_latex_is_a_booktabs_fragment_with_the_best_value_bold(sweep):
     assert tex.count("\\\\") == 2 + len(report.groups) + 1 - 1  # header, rows, footnote
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no LaTeX installed")
-def test_latex_fragment_compiles(sweep, tmp_path):
-    report = build([str(sweep)], tmp_path / "out", make_plots=False)
+needs_latex = pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no LaTeX installed")
+
+
+def compile_latex(tmp_path: Path, package: str, body: str) -> Path:
+    """A one-page document around `body`, compiled by pdflatex in `tmp_path`; the PDF's path."""
     doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}"
-                   "\\begin{table}\\input{out/table.tex}\\end{table}\\end{document}\n")
+    doc.write_text(f"\\documentclass{{article}}\\usepackage{{{package}}}\\begin{{document}}{body}\\end{{document}}\n")
     res = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout[-2000:]
-    assert (tmp_path / "doc.pdf").stat().st_size > 1000
+    return tmp_path / "doc.pdf"
+
+
+@needs_latex
+def test_latex_fragment_compiles(sweep, tmp_path):
+    report = build([str(sweep)], tmp_path / "out", make_plots=False)
+    pdf = compile_latex(tmp_path, "booktabs", "\\begin{table}\\input{out/table.tex}\\end{table}")
+    assert pdf.stat().st_size > 1000
     assert report.keys == ["model"]
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no LaTeX installed")
+@needs_latex
 def test_pdf_figure_goes_into_a_latex_document(sweep, tmp_path):
     build([str(sweep)], tmp_path / "out", plot_formats=("pdf",))
-    doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\\usepackage{graphicx}\\begin{document}"
-                   "\\includegraphics[width=\\linewidth]{out/test_accuracy.pdf}\\end{document}\n")
-    res = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stdout[-2000:]
+    pdf = compile_latex(tmp_path, "graphicx", "\\includegraphics[width=\\linewidth]{out/test_accuracy.pdf}")
+    assert pdf.stat().st_size > (tmp_path / "out" / "test_accuracy.pdf").stat().st_size / 2
 
 
 def test_a_key_that_varies_independently_of_a_choice_becomes_a_column(tmp_path):
