@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Protocol
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .data.batches import Batch
 from .optim import clip_grad_norm

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from filelock import FileLock
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from .readers import DataError
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from filelock import FileLock
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from .encoded import EncodedTexts
 from .readers import DataError
