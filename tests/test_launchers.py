@@ -85,6 +85,7 @@ def test_optuna_search_reports_its_best_trial_and_reuses_the_store(tmp_path):
             "logger=none", f"ledger.store={store}", f"hydra.sweep.dir={sweep}"]
     res = run_cli(args, cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert "setup plugin alembic" not in res.stdout + res.stderr  # optuna's database layer keeps quiet
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"optimizer.lr", "model.hidden_dim", "topology.num_layers", "topology.dropout"}
     records = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
