@@ -20,6 +20,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from .wandb_mode import wandb_mode_env_problem
+
 
 class ConfigError(ValueError):
     """A composed config that cannot be run; the message names the key and what is expected."""
@@ -453,6 +455,10 @@ def validate(cfg: DictConfig) -> RootConfig:
     )
     _require(root.runtime.threads >= 0, "runtime.threads", root.runtime.threads, "must be >= 0")
     _require(root.logger.log_every >= 1, "logger.log_every", root.logger.log_every, "must be >= 1")
+    if root.logger.backend is LoggerBackend.wandb:
+        problem = wandb_mode_env_problem()
+        if problem:
+            raise ConfigError(problem)
     _require(o.lr > 0, "optimizer.lr", o.lr, "must be positive")
     _require(getattr(o, "weight_decay", 0) >= 0, "optimizer.weight_decay", getattr(o, "weight_decay", 0), "must be >= 0")
     if isinstance(o, (AdamConfig, SparseAdamConfig)):

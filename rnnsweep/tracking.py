@@ -122,9 +122,9 @@ class WandbTracker:
         directory: Path,
         run_id: str | None = None,
     ):
+        resolved, notice = resolve_wandb_mode(mode)
         import wandb  # imported here: a second or two that logger=none runs should not pay
 
-        resolved, notice = resolve_wandb_mode(mode)
         if notice:
             log.info("%s into %s (sync later with `wandb sync %s/wandb/offline-run-*`)", notice, directory, directory)
         directory.mkdir(parents=True, exist_ok=True)

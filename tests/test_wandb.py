@@ -88,3 +88,25 @@ def test_mode_follows_explicit_setting_then_env_then_key(monkeypatch, tmp_path, 
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert wandb_mode.resolve_wandb_mode("auto") == ("online", None)
+
+
+def test_an_empty_wandb_mode_means_unset_and_an_unknown_one_is_one_line(tmp_path):
+    from conftest import run_cli
+
+    common = [*TINY, "logger=wandb", f"ledger.store={tmp_path / 'store'}"]
+    # `WANDB_MODE=` as a shell or CI leaves it: W&B itself would reject it and fail the run.
+    res = run_cli([*common, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, WANDB_MODE="")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "completed"
+    assert read_offline_run(next((Path(record["wandb"]["dir"])).glob("offline-run-*"))).run_id == record["id"]
+
+    bad = run_cli([*common, f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path, WANDB_MODE="offlin")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "rnnsweep: error: WANDB_MODE='offlin' in the environment: W&B accepts online, offline or disabled "
+        "(or leave it unset)"]
+    assert not (tmp_path / "bad" / "metrics.json").exists()
+    none = run_cli([*TINY, "logger=none", f"ledger.store={tmp_path / 'store'}", f"hydra.run.dir={tmp_path / 'n'}"],
+                   cwd=tmp_path, WANDB_MODE="offlin")
+    assert none.returncode == 0  # without W&B, its settings do not matter
