@@ -8,6 +8,7 @@ exists, a copy of the run's `metrics.json` from the store. The sweep's summary i
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,16 +48,48 @@ def _copy_record(entry: ledger.Entry, info: JobInfo) -> None:
         shutil.copyfile(entry.record_path, info.job_dir / tracking.RECORD_NAME)
 
 
+class DirectoryError(DataError):
+    """The run store or the data cache cannot be written: reported like bad input, in one line."""
+
+
+def _directory_problem(path: Path, setting: str, *, create: bool) -> str | None:
+    """Why a job could not write into `path` (the run store, the data cache), in one line that
+    names the setting behind it; None when it can. Creates the directory unless `create` is off."""
+    if path.exists() and not path.is_dir():
+        return f"{setting}: {path} is a file, not a directory"
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as ex:
+            return f"{setting}: cannot create the directory {path}: {ex.strerror or ex}"
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        return f"{setting}: {path} is not writable"
+    return None
+
+
+def _cache_setting(settings: RootConfig) -> str:
+    if settings.runtime.cache_dir is not None:
+        return f"runtime.cache_dir={settings.runtime.cache_dir}"
+    if os.environ.get("RNNSWEEP_CACHE_DIR"):
+        return f"RNNSWEEP_CACHE_DIR={os.environ['RNNSWEEP_CACHE_DIR']}"
+    return "the data cache (set runtime.cache_dir or RNNSWEEP_CACHE_DIR)"
+
+
 def _data_failure(info: JobInfo, ex: DataError, raise_on_failure: bool, **common: Any) -> dict[str, Any]:
     if raise_on_failure:
         raise ex
     log.error("%s: %s", info.name, ex)
-    return write_job_file(info, outcome="failed", status="failed", error=f"DataError: {ex}", **common)
+    return write_job_file(info, outcome="failed", status="failed", error=f"{type(ex).__name__}: {ex}", **common)
 
 
 def execute(settings: RootConfig, info: JobInfo, store_root: Path, *, raise_on_failure: bool) -> dict[str, Any]:
     """Do what the ledger says for this job; returns (and writes) its job.json payload."""
     plain = to_plain(settings)
+    create = not settings.ledger.plan  # a plan writes nothing
+    problem = (_directory_problem(store_root, f"ledger.store={settings.ledger.store}", create=create)
+               or _directory_problem(job.cache_dir(settings, info.base_dir), _cache_setting(settings), create=create))
+    if problem:
+        return _data_failure(info, DirectoryError(problem), raise_on_failure)
     try:
         fingerprint = job.data_fingerprint(settings, info.base_dir)
     except DataError as ex:  # e.g. a data file that does not exist: nothing to identify, nothing to run

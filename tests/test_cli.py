@@ -35,6 +35,44 @@ def test_bad_input_fails_before_training_with_one_line(tmp_path, args, expected)
     assert not list(tmp_path.rglob("metrics.json"))
 
 
+@pytest.mark.parametrize("where", ["ledger.store", "runtime.cache_dir", "RNNSWEEP_CACHE_DIR"])
+def test_a_store_or_cache_that_cannot_be_a_directory_is_one_line_naming_its_setting(tmp_path, where):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    settings = {"ledger.store": tmp_path / "store", "runtime.cache_dir": None}
+    env = {}
+    if where == "RNNSWEEP_CACHE_DIR":
+        env[where] = str(blocker / "cache")
+        expected = f"RNNSWEEP_CACHE_DIR={blocker / 'cache'}: cannot create the directory {blocker / 'cache'}: "
+    else:
+        settings[where] = blocker
+        expected = f"{where}={blocker}: {blocker} is a file, not a directory"
+    args = [*TINY, *(f"{k}={v}" for k, v in settings.items() if v is not None), f"hydra.run.dir={tmp_path / 'run'}"]
+    res = run_cli(args, cwd=tmp_path, **env)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"rnnsweep: error: {expected}"), res.stderr
+    assert not list(tmp_path.rglob("metrics.json"))
+
+
+def test_a_sweep_whose_store_cannot_be_written_records_why_for_every_job(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    res = run_cli(["-m", "model=rnn,gru", *TINY, f"ledger.store={blocker}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                  cwd=tmp_path)
+    assert res.returncode == 1
+    jobs = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/job.json"))]
+    assert [j["outcome"] for j in jobs] == ["failed", "failed"]
+    assert {j["error"] for j in jobs} == {f"DirectoryError: ledger.store={blocker}: {blocker} is a file, not a directory"}
+
+
+def test_a_plan_creates_no_store(tmp_path):
+    res = run_cli([*TINY, "ledger.plan=true", f"ledger.store={tmp_path / 'store'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                  cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert not (tmp_path / "store").exists()
+
+
 def test_help_lists_the_config_groups(tmp_path):
     res = run_cli(["--help"], cwd=tmp_path)
     assert res.returncode == 0
