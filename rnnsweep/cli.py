@@ -243,6 +243,12 @@ def main() -> None:
             raise
         print(f"rnnsweep: error: {describe(ex)}", file=sys.stderr)
         sys.exit(2)
+    except OSError as ex:  # Hydra writing a run or sweep directory it cannot create, a full disk
+        if full_traces or not ex.filename:
+            raise
+        why = "a file, not a directory" if os.path.isfile(ex.filename) else ex.strerror or ex
+        print(f"rnnsweep: error: {ex.filename}: {why}", file=sys.stderr)
+        sys.exit(2)
     except Exception as ex:
         from .job import RunFailed
 

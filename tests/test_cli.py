@@ -55,6 +55,19 @@ def test_a_store_or_cache_that_cannot_be_a_directory_is_one_line_naming_its_sett
     assert not list(tmp_path.rglob("metrics.json"))
 
 
+@pytest.mark.parametrize("setting", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_an_output_directory_that_cannot_be_created_is_one_line(tmp_path, setting):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    args = ([] if setting == "hydra.run.dir" else ["-m"]) + [*TINY, f"ledger.store={tmp_path / 'store'}"]
+    res = run_cli([*args, f"{setting}={blocker}"], cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"rnnsweep: error: {blocker}: a file, not a directory"], res.stderr
+    under = run_cli([*args, f"{setting}={blocker / 'sub'}"], cwd=tmp_path)
+    assert under.returncode == 2
+    assert under.stderr.strip().splitlines() == [f"rnnsweep: error: {blocker / 'sub'}: Not a directory"], under.stderr
+
+
 def test_a_sweep_whose_store_cannot_be_written_records_why_for_every_job(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")

@@ -302,6 +302,10 @@ def test_a_missing_data_file_is_one_line(tmp_path):
     res = run_cli(["data=csv", "data.train=nope.csv", *FILE_TINY], cwd=tmp_path)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1] == f"rnnsweep: error: {tmp_path / 'nope.csv'}: no such file"
+    (tmp_path / "texts").mkdir()
+    folder = run_cli(["data=csv", "data.train=texts", *FILE_TINY], cwd=tmp_path)
+    assert folder.returncode == 2
+    assert folder.stderr.strip().splitlines() == [f"rnnsweep: error: {tmp_path / 'texts'}: a directory, not a file"]
 
 
 def test_hf_offline_without_a_local_copy_fails_in_one_line(tmp_path):

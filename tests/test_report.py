@@ -212,6 +212,12 @@ def test_report_cli(sweep, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [f"rnnsweep-report: error: {tmp_path / 'nope'}: no such file or directory"]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    out_file = subprocess.run([sys.executable, "-m", "rnnsweep.report.cli", str(sweep), "--out", str(blocker)],
+                              capture_output=True, text=True, timeout=120)
+    assert out_file.returncode == 2
+    assert out_file.stderr.strip().splitlines() == [f"rnnsweep-report: error: {blocker}: a file, not a directory"]
     fmt = subprocess.run([sys.executable, "-m", "rnnsweep.report.cli", str(sweep), "--out", str(tmp_path / "f"),
                           "--formats", "png,jpg"], capture_output=True, text=True, timeout=120)
     assert fmt.returncode == 2 and not (tmp_path / "f").exists()

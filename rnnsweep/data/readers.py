@@ -61,11 +61,12 @@ def _decoded_lines(path: Path) -> Iterator[str]:
                 ) from None
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
+    """A data file that exists, is a file and is not empty; else a one-line DataError."""
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if not path.is_file():
-        raise DataError(f"{path}: not a file")
+        raise DataError(f"{path}: a directory, not a file" if path.is_dir() else f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
 
@@ -93,7 +94,7 @@ def read_table(
     unescape: bool = False,
 ) -> Rows:
     """Every row's text (the text columns joined by a space) and its label, as written."""
-    _check_file(path)
+    check_file(path)
     rows = Rows(path)
     if fmt == "jsonl":
         _read_jsonl(path, rows, text_columns, label_column, drop_empty)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from . import synthetic
 from .download import DownloadError, fetch
-from .readers import DataError, Rows, detect_format, map_labels, read_table
+from .readers import DataError, Rows, check_file, detect_format, map_labels, read_table
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,7 @@ class Table:
 
     def fingerprint(self) -> dict[str, Any]:
         for path in self._files():
-            if not path.is_file():
-                raise DataError(f"{path}: no such file")
+            check_file(path)
         return {"source": "table", "reader": READER_VERSION, "md5": [file_md5(p) for p in self._files()],
                 "format": [self._format(p) for p in self._files()], "text_columns": self.text_columns,
                 "label_column": self.label_column, "header": self.header, "label_offset": self.label_offset,

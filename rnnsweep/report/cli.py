@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> None:
         report = build(args.inputs, out, where=args.where, rows=args.rows.split(",") if args.rows else None,
                        cols=args.cols, metric=args.metric, make_plots=not args.no_plots,
                        plot_formats=formats)
-    except (ReportError, ValueError, OSError) as ex:
+    except OSError as ex:  # --out that is a file, or under one; no permission
+        if not ex.filename:
+            _fail(str(ex))
+        _fail(f"{ex.filename}: {'a file, not a directory' if Path(ex.filename).is_file() else ex.strerror}")
+    except (ReportError, ValueError) as ex:
         _fail(str(ex))
     print(report.table_markdown)
     for warning in report.warnings:
