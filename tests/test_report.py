@@ -166,6 +166,11 @@ def test_where_rows_and_cols(sweep):
         build([str(sweep)], None, where=["colour=red"])
 
 
+def test_an_unknown_metric_is_refused_by_name(sweep):
+    with pytest.raises(ReportError, match=r"metric 'test/nope': not one the records hold \(choose from: test/acc, "):
+        build([str(sweep)], None, cols="model", metric="test/nope")
+
+
 def test_provenance_warns_when_runs_differ_in_commit(sweep):
     write_record(sweep, "l9", model="lstm", seed=9, acc=0.9, commit="def456-dirty")
     report = build([str(sweep)], None)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import DEFAULT_PLOT_FORMATS, PLOT_FORMATS, aggregate, tables
-from .records import ReportError, apply_where, load_runs
+from .records import METRICS, ReportError, apply_where, load_runs
 
 
 @dataclass
@@ -53,6 +53,8 @@ def build(
     plot_formats: tuple[str, ...] = DEFAULT_PLOT_FORMATS,
 ) -> Report:
     """Read the records under `inputs`, aggregate, and (if `out_dir`) write every output there."""
+    if metric not in METRICS:
+        raise ReportError(f"metric {metric!r}: not one the records hold (choose from: {', '.join(METRICS)})")
     unknown = [f for f in plot_formats if f not in PLOT_FORMATS]
     if unknown or not plot_formats:
         raise ReportError(f"plot formats {list(plot_formats)}: expected one or more of {', '.join(PLOT_FORMATS)}")

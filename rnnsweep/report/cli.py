@@ -27,7 +27,9 @@ def parser() -> argparse.ArgumentParser:
                    help="keep runs whose choice or config key has this value (repeatable)")
     p.add_argument("--rows", help="comma-separated keys to group by (default: every key the runs differ in, seed excepted)")
     p.add_argument("--cols", metavar="KEY", help="also print a table with one column per value of KEY")
-    p.add_argument("--metric", default="test/acc", help="metric of the --cols table (default: test/acc)")
+    p.add_argument("--metric", default="test/acc",
+                   help="metric of the --cols table: test/acc (default), test/macro_f1, val/acc, params, "
+                   "train/seconds, train/examples_per_s or wall_s")
     p.add_argument("--out", type=Path, help="where to write (default: the input directory, if there is one)")
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--formats", default=",".join(DEFAULT_PLOT_FORMATS), metavar="EXT,...",
