@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import shutil
 import statistics
 import sys
@@ -126,6 +127,14 @@ def bare_kernel(data: Path, work: Path, epoch_size: int, bucket: bool, device: s
     return sum(len(b) for b in ready) / (time.perf_counter() - started)
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def layer_times(steps: int = 50, repeats: int = 200) -> None:
     """One recurrent layer's forward + backward at the lesson's sizes: torch's layer vs rnnsweep's."""
     from rnnsweep import cpu_rnn
@@ -188,6 +197,10 @@ def main() -> None:
     cpu_rnn.set_threads(args.threads)
     device = args.device
     if device == "cpu":  # the compiled layers are CPU kernels; on the GPU cuDNN runs every layer
+        # Which CPU, and which of torch's kernels it gets: the vector width changes both the speed
+        # and the float rounding, so one-epoch accuracies match digit for digit only on one kind.
+        print(f"cpu: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
+              f"(kernels: {torch.backends.cpu.get_cpu_capability()})")
         layer_times()
     else:
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "

@@ -42,6 +42,7 @@ def test_train_speed_benchmark_runs_end_to_end_on_small_data(tmp_path):
         best, paired = re.fullmatch(r"([\d.]+)x / ([\d.]+)x", ratio).groups()
         assert float(best) > 0 and float(paired) > 0
     assert "seed 0:" in res.stdout and "seed 1:" in res.stdout
+    assert re.search(r"^cpu: .+, \d+ cores, torch .+ \(kernels: \w+\)$", res.stdout, re.M)
     assert "rnnsweep's compiled LSTM:" in res.stdout and "torch's LSTM (oneDNN):" in res.stdout
 
 
