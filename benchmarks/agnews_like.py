@@ -114,3 +114,11 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def canonical_md5() -> dict[str, str]:
+    """The canonical AG News files' MD5s, from the one place rnnsweep keeps them."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "ag_news.yaml")
+    return {"train": data.train_md5, "test": data.test_md5}

@@ -15,30 +15,33 @@ import argparse
 import json
 import resource
 import shutil
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 import agnews_like  # noqa: E402
 
 BUILD = """
 import json, sys, time
 from pathlib import Path
 from rnnsweep.data import SplitOptions, TokenizerOptions, prepare
-from rnnsweep.data.sources import AG_NEWS_MD5, AgNews
+from rnnsweep.data.sources import AgNews
+from agnews_like import canonical_md5
 root, cache, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 tok = TokenizerOptions(name=name, min_freq=1 if name == "basic_english" else 2,
                        max_vocab=None if name == "basic_english" else 30000)
-src = AgNews(root=root, download=False, urls={}, md5=AG_NEWS_MD5, clean=True, drop_empty=True)
+src = AgNews(root=root, download=False, urls={}, md5=canonical_md5(), clean=True, drop_empty=True)
 t = time.perf_counter()
-s = prepare(src, SplitOptions(val_fraction=0.05), tok, cache)
+s = prepare(src, SplitOptions(val_fraction=0.05, seed=1234), tok, cache)
 build = time.perf_counter() - t
 assert s.built
 t = time.perf_counter()
-again = prepare(src, SplitOptions(val_fraction=0.05), tok, cache)
+again = prepare(src, SplitOptions(val_fraction=0.05, seed=1234), tok, cache)
 reload = time.perf_counter() - t
 assert not again.built
 rows = len(s.train) + len(s.val) + len(s.test)
@@ -51,8 +54,9 @@ import json, sys, time
 import numpy as np
 from pathlib import Path
 from rnnsweep.data import tokenization as T
-from rnnsweep.data.sources import AG_NEWS_MD5, AgNews
-src = AgNews(root=Path(sys.argv[1]), download=False, urls={}, md5=AG_NEWS_MD5, clean=True, drop_empty=True)
+from rnnsweep.data.sources import AgNews
+from agnews_like import canonical_md5
+src = AgNews(root=Path(sys.argv[1]), download=False, urls={}, md5=canonical_md5(), clean=True, drop_empty=True)
 texts = src.read().train_texts
 out = {}
 t = time.perf_counter(); n = sum(len(T.basic_english(x)) for x in texts); out["basic_english, rule by rule (torchtext's way)"] = (time.perf_counter() - t, n)
@@ -75,7 +79,9 @@ def child(code: str, *args: str) -> tuple[dict, float, float]:
     """Run `code` in a fresh interpreter: its JSON output, wall seconds, peak RSS in GB."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    # The benchmarks' folder on the path: the scripts read the canonical MD5s through agnews_like.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     if res.returncode != 0:
         sys.exit(f"benchmark step failed:\n{res.stderr[-3000:]}")

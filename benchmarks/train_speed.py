@@ -1,7 +1,7 @@
 """Training throughput: the lesson's procedure vs rnnsweep, lever by lever, and the bare kernel.
 
 First, one recurrent layer's forward and backward alone: torch's RNN/GRU/LSTM against the
-compiled layers rnnsweep runs for them on the CPU (rnnsweep/cpu_rnn.py).
+compiled layers rnnsweep runs for them on the CPU (rnnsweep/fast/cpu_rnn.py).
 
     python benchmarks/train_speed.py                  # generated AG News-sized data (~95k vocabulary)
     python benchmarks/train_speed.py --data DIR       # a directory with AG News-format train.csv/test.csv
@@ -47,7 +47,8 @@ import lesson_reference as ref  # noqa: E402
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from rnnsweep import cli, config, cpu_rnn, job  # noqa: E402
+from rnnsweep import cli, config, run  # noqa: E402
+from rnnsweep.fast import cpu_rnn  # noqa: E402
 from rnnsweep.data import batches  # noqa: E402
 
 LESSONS = {  # reference classifier -> the rnnsweep overrides that build the same model
@@ -70,7 +71,7 @@ def rnnsweep_run(overrides: list[str], data: Path, epoch_size: int, work: Path, 
         ])
     settings = config.validate(cfg)
     out = Path(tempfile.mkdtemp(dir=work))
-    record = job.run(settings, job.RunContext(out_dir=out))
+    record = run.train(settings, None, out)
     m = record["metrics"]
     return {"ex_s": m["train/examples_per_s"], "acc": m["test/acc"]}
 
@@ -96,10 +97,10 @@ def bare_kernel(data: Path, work: Path, epoch_size: int, bucket: bool, device: s
     rnnsweep trains on, with a 100-word vocabulary: the ceiling for any input pipeline. The layer
     is torch's, or with `compiled` (on the CPU) rnnsweep's compiled one."""
     from rnnsweep.data import SplitOptions, TokenizerOptions, prepare
-    from rnnsweep.data.sources import AG_NEWS_MD5, AgNews
+    from rnnsweep.data.sources import AgNews
 
-    source = AgNews(root=data, download=False, urls={}, md5=AG_NEWS_MD5, clean=True, drop_empty=True)
-    splits = prepare(source, SplitOptions(val_fraction=0.05), TokenizerOptions(), work / "cache")
+    source = AgNews(root=data, download=False, urls={}, md5=agnews_like.canonical_md5(), clean=True, drop_empty=True)
+    splits = prepare(source, SplitOptions(val_fraction=0.05, seed=1234), TokenizerOptions(), work / "cache")
     g = torch.Generator().manual_seed(0)
     ready = [batches.collate(splits.train, rows) for rows in batches.batch_rows(
         splits.train, batch_size, shuffle=True, generator=g, bucket_pool=50 if bucket else None, limit=epoch_size)]
@@ -137,8 +138,6 @@ def cpu_model() -> str:
 
 def layer_times(steps: int = 50, repeats: int = 200) -> None:
     """One recurrent layer's forward + backward at the lesson's sizes: torch's layer vs rnnsweep's."""
-    from rnnsweep import cpu_rnn
-
     torch.manual_seed(0)
     x = torch.randn(16, steps, 64, requires_grad=True)
     grad = torch.randn(16, steps, 32)

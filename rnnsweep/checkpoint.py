@@ -9,7 +9,6 @@ seeded by the epoch itself. Files are written whole or not at all, and read with
 from __future__ import annotations
 
 import logging
-import os
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .store import atomic_write
 from .train import FitState
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,7 @@ def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
         "fit": asdict(state),
         "rng": _rng_state(),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> FitState | None:

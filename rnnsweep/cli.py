@@ -6,7 +6,6 @@ where it lives and what it is called, and turns every error a user can cause int
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -23,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from . import config, sweep_jobs
+from . import config, store, sweep
 
 log = logging.getLogger("rnnsweep")
 
@@ -38,15 +37,17 @@ def config_dir() -> str:
 
 
 config.register_schemas()
+# `rnnsweep --help` lists the keys whose values come from a fixed set (conf/config.yaml's template).
+OmegaConf.register_new_resolver("rnnsweep_fixed_choices", config.fixed_choices, replace=True)
 
 
-def job_info():
-    from . import runner
+def current_job():
+    from .run import Job  # torch: imported where jobs run, not in a launcher's parent process
 
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
-    return runner.JobInfo(
-        job_dir=Path(hc.runtime.output_dir),
+    return Job(
+        dir=Path(hc.runtime.output_dir),
         name=",".join(overrides) or "defaults",
         sweep=Path(hc.sweep.dir).name if is_multirun() else None,
         choices={k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/") and k != "rnnsweep_schema"},
@@ -81,50 +82,53 @@ def store_root(store: str) -> Path:
     return path if path.is_absolute() else Path(HydraConfig.get().runtime.cwd) / path
 
 
+def _exit_with_error(ex: BaseException) -> None:
+    """A single run's bad config or input: one line and exit status 2, from inside the job (Hydra
+    would otherwise add its own report of the job's error)."""
+    if os.environ.get("RNNSWEEP_FULL_ERROR") == "1":
+        raise ex
+    print(f"rnnsweep: error: {ex}", file=sys.stderr)
+    raise SystemExit(2) from ex
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def app(cfg: DictConfig) -> float:
-    info = job_info()
+    job = current_job()
     try:
         settings = config.validate(cfg)  # fails here, before any data is loaded
     except config.ConfigError as ex:
-        if is_multirun():  # one invalid combination must not end a sweep
-            sweep_jobs.record_invalid(info, str(ex))
-            log.warning("%s: invalid, skipped: %s", info.name, ex)
-            return math.nan
-        # Exit from inside the job: Hydra would otherwise add its own report of the job's error.
-        if os.environ.get("RNNSWEEP_FULL_ERROR") == "1":
-            raise
-        print(f"rnnsweep: error: {ex}", file=sys.stderr)
-        raise SystemExit(2) from ex
+        if not is_multirun():
+            _exit_with_error(ex)
+        # One invalid combination must not end a sweep.
+        sweep.write_job_file(job.dir, job.overrides, outcome="invalid", status="invalid", reason=str(ex))
+        log.warning("%s: invalid, skipped: %s", job.name, ex)
+        return math.nan
 
     if settings.runtime.threads == 0:
         settings.runtime.threads = threads_per_job()
-    from . import runner  # torch: imported where jobs run, not in a launcher's parent process
-
     from .data import DataError
+    from .run import run_job
 
     try:
-        outcome = runner.execute(settings, info, store_root(settings.ledger.store), raise_on_failure=not is_multirun())
+        result = run_job(settings, job, store_root(settings.ledger.store), raise_on_failure=not is_multirun())
     except DataError as ex:  # bad input of a single run: one line, as for a bad config
-        if os.environ.get("RNNSWEEP_FULL_ERROR") == "1":
-            raise
-        print(f"rnnsweep: error: {ex}", file=sys.stderr)
-        raise SystemExit(2) from ex
+        _exit_with_error(ex)
+    outcome = result.job
     if outcome["outcome"] == "plan":
-        log.info("%s: would %s (run %s is %s)", info.name, outcome["action"], outcome["id"], outcome["status"])
+        log.info("%s: would %s (run %s is %s)", job.name, outcome["action"], outcome["id"], outcome["status"])
         return math.nan
-    record_path = info.job_dir / "metrics.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {"metrics": {}, "status": outcome["status"]}
+    record = result.record or {"metrics": {}, "status": outcome["status"]}
+    where = job.dir / store.RECORD
     m = record["metrics"]
     if record["status"] == "completed":
         log.info(
             "%s: %s, test acc %.4f, macro-F1 %.4f, %.0f examples/s -> %s",
-            info.name, outcome["outcome"], m["test/acc"], m["test/macro_f1"], m["train/examples_per_s"], record_path,
+            job.name, outcome["outcome"], m["test/acc"], m["test/macro_f1"], m["train/examples_per_s"], where,
         )
         if outcome["outcome"] == "skipped" and not is_multirun():
             log.info("(already in the store at %s; ledger.force=true retrains)", outcome["store_dir"])
     else:
-        log.warning("%s: %s -> %s", info.name, record["status"], record_path)
+        log.warning("%s: %s -> %s", job.name, record["status"], where)
     # Sweepers that optimise (Optuna) read this; NaN marks a trial that produced no result.
     return m.get("val/acc", math.nan)
 
@@ -151,7 +155,7 @@ class SweepSummary(Callback):
     def _report(sweep_dir: Path, cfg: DictConfig, jobs: list[dict]) -> None:
         from . import report  # pandas and matplotlib: only the process that ends the sweep pays
 
-        records = [str(p) for p in (Path(j["job_dir"]) / "metrics.json" for j in jobs) if p.is_file()]
+        records = [str(p) for p in (Path(j["job_dir"]) / store.RECORD for j in jobs) if p.is_file()]
         # A report that cannot be built must not turn a finished sweep into a failed one.
         try:
             result = report.build(records, sweep_dir)
@@ -174,10 +178,10 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         _release_parallel_workers()
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = sweep_jobs.read_jobs(sweep_dir, since=self.started)
+        jobs = sweep.read_jobs(sweep_dir, since=self.started)
         if not jobs:
             return
-        text = sweep_jobs.summarize(jobs)
+        text = sweep.summarize(jobs)
         (sweep_dir / "summary.txt").write_text(text + "\n")
         print(f"\nSweep summary ({sweep_dir}):\n{text}", flush=True)
         if not config.ledger.plan and any(j["status"] == "completed" for j in jobs):
@@ -250,7 +254,7 @@ def main() -> None:
         print(f"rnnsweep: error: {ex.filename}: {why}", file=sys.stderr)
         sys.exit(2)
     except Exception as ex:
-        from .job import RunFailed
+        from .run import RunFailed
 
         if full_traces or not isinstance(ex, RunFailed):
             raise

@@ -1,7 +1,9 @@
 """The experiment space as typed schemas, and the checks a composed config must pass.
 
-Values live in `conf/` (YAML); types and ranges live here. Hydra checks types while it composes
-(the root schema is registered in its ConfigStore); `validate` adds what composing cannot see —
+Values live in `conf/` (YAML), and only there: no field below has a default (OmegaConf reads a
+field without one as missing), so the Python side and the command line cannot disagree about one,
+and a field conf/ leaves unset is an error that names it. Types and ranges live here. Hydra checks types while it composes (the root schema is
+registered in its ConfigStore); `validate` adds what composing cannot see —
 keys added with `+`, the options of groups whose keys differ per option (optimizer, data), value
 ranges and combinations that would silently do nothing — and returns plain dataclasses, so
 nothing downstream of the entrypoint needs OmegaConf.
@@ -12,107 +14,51 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from .wandb_mode import wandb_mode_env_problem
+from .tracking import wandb_mode_env_problem
 
 
 class ConfigError(ValueError):
     """A composed config that cannot be run; the message names the key and what is expected."""
 
 
-class Arch(Enum):
-    bow = "bow"
-    rnn = "rnn"
-    lstm = "lstm"
-    gru = "gru"
+def _choices(name: str, values: str) -> type[Enum]:
+    """An Enum whose members are named by their values, e.g. _choices("Device", "auto cpu cuda")."""
+    return Enum(name, [(v, v) for v in values.split()], module=__name__, qualname=name)
 
 
-class Pooling(Enum):
-    last = "last"  # state after the last real token (forward) / first token (backward)
-    mean = "mean"  # masked mean over real positions
-    max = "max"  # masked max over real positions
-    seed_mean = "seed_mean"  # the lesson's RNN: mean over all positions, padding included
-    seed_hlast = "seed_hlast"  # the lesson's LSTM: h_n[-1], whatever it read last
-
-
-class EmbedInit(Enum):
-    default = "default"  # torch's N(0, 1)
-    shifted_normal = "shifted_normal"  # the lesson's LSTM: N(0, 1) - 0.5
-
-
-class BatchMode(Enum):
-    padded = "padded"
-    packed = "packed"
-
-
-class OptimizerName(Enum):
-    adam = "adam"
-    adamw = "adamw"
-    sgd = "sgd"
-    sparse_adam = "sparse_adam"
-
-
-class EmbeddingGrad(Enum):
-    auto = "auto"  # deferred on the CPU (scattered for Adam with L2 weight decay), dense elsewhere
-    dense = "dense"  # torch's dense embedding gradient, a fresh table-sized tensor every step
-    scattered = "scattered"  # sparse gradient scattered into one persistent dense buffer: same values
-    deferred = "deferred"  # sparse gradient; an unused row's Adam steps replayed when it is next read
-
-
-class AdamImpl(Enum):
-    auto = "auto"  # fused where torch has a fused kernel for the device, else foreach
-    fused = "fused"
-    foreach = "foreach"
-    for_loop = "for_loop"
-
-
-class SyntheticVariant(Enum):
-    order = "order"
-    long_range = "long_range"
-
-
-class TokenizerName(Enum):
-    basic_english = "basic_english"
-    wordpiece = "wordpiece"
-    bpe = "bpe"
-
-
-class DataFormat(Enum):
-    auto = "auto"  # from the file name: .csv, .tsv, .jsonl
-    csv = "csv"
-    tsv = "tsv"
-    jsonl = "jsonl"
-
-
-class Device(Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Progress(Enum):
-    auto = "auto"  # a bar only when stderr is a terminal
-    on = "on"
-    off = "off"
-
-
-class LoggerBackend(Enum):
-    wandb = "wandb"
-    none = "none"
-
-
-class WandbMode(Enum):
-    auto = "auto"  # WANDB_MODE if set, else online with an API key, else offline
-    online = "online"
-    offline = "offline"
-    disabled = "disabled"
+Arch = _choices("Arch", "bow rnn lstm gru")
+# last: the state after the last real token (forward) / the first (backward); mean, max,
+# attention (learned weights, as in hierarchical attention networks): over the real positions only;
+# seed_mean: the lesson's RNN, the mean over all positions, padding included; seed_hlast: the
+# lesson's LSTM, h_n[-1], whatever it read last.
+Pooling = _choices("Pooling", "last mean max attention seed_mean seed_hlast")
+# default: torch's N(0, 1); shifted_normal: the lesson's LSTM, N(0, 1) - 0.5.
+EmbedInit = _choices("EmbedInit", "default shifted_normal")
+BatchMode = _choices("BatchMode", "padded packed")
+OptimizerName = _choices("OptimizerName", "adam adamw sgd sparse_adam")
+# How the embedding's gradient reaches Adam. auto: deferred on the CPU (scattered for Adam with L2
+# weight decay), dense elsewhere; dense: torch's dense gradient, a fresh table-sized tensor every
+# step; scattered: the sparse gradient scattered into one persistent dense buffer (same values);
+# deferred: sparse gradient, an unused row's Adam steps replayed when it is next read.
+EmbeddingGrad = _choices("EmbeddingGrad", "auto dense scattered deferred")
+# auto: fused where torch has a fused kernel for the device, else foreach. The same algorithm.
+AdamImpl = _choices("AdamImpl", "auto fused foreach for_loop")
+SyntheticVariant = _choices("SyntheticVariant", "order long_range")
+TokenizerName = _choices("TokenizerName", "basic_english wordpiece bpe")
+DataFormat = _choices("DataFormat", "auto csv tsv jsonl")  # auto: from the file name
+Device = _choices("Device", "auto cpu cuda")
+Progress = _choices("Progress", "auto on off")  # auto: a bar only when stderr is a terminal
+LoggerBackend = _choices("LoggerBackend", "wandb none")
+# auto: WANDB_MODE if set, else online with an API key, else offline.
+WandbMode = _choices("WandbMode", "auto online offline disabled")
 
 
 SEED_POOLINGS = (Pooling.seed_mean, Pooling.seed_hlast)
@@ -120,57 +66,56 @@ SEED_POOLINGS = (Pooling.seed_mean, Pooling.seed_hlast)
 
 @dataclass
 class ModelConfig:
-    arch: Arch = MISSING
-    embed_dim: int = 64
-    hidden_dim: int = 64
-    pooling: Pooling = Pooling.last
-    embed_init: EmbedInit = EmbedInit.default
+    arch: Arch
+    embed_dim: int
+    hidden_dim: int
+    pooling: Pooling
+    embed_init: EmbedInit
 
 
 @dataclass
 class BatchingConfig:
-    mode: BatchMode = BatchMode.padded
+    mode: BatchMode
     # On the CPU, packed batches run the padded kernel, read at each sequence's own end: the same
     # numbers as pack_padded_sequence, whose CPU path is a slow loop of single steps. True forces
     # PyTorch's packed path on the CPU too. CUDA always uses cuDNN's packed kernel.
-    native_packing: bool = False
+    native_packing: bool
     # Length-bucketed batches: shuffle, sort pools of `bucket_pool` batches by length, cut them
     # into batches and shuffle the batches; far less padding (and packing work) per batch.
-    bucket: bool = True
-    bucket_pool: int = 50
+    bucket: bool
+    bucket_pool: int
 
 
 @dataclass
 class TopologyConfig:
-    num_layers: int = 1
-    bidirectional: bool = False
-    dropout: float = 0.0
+    num_layers: int
+    bidirectional: bool
+    dropout: float
 
 
 @dataclass
 class AdamConfig:
-    name: OptimizerName = OptimizerName.adam
-    lr: float = 1e-3
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    impl: AdamImpl = AdamImpl.auto  # the same algorithm either way; fused is fastest on CPU and GPU
-    embedding_grad: EmbeddingGrad = EmbeddingGrad.auto  # how the embedding's gradient reaches Adam
+    name: OptimizerName
+    lr: float
+    betas: List[float]
+    eps: float
+    weight_decay: float
+    impl: AdamImpl  # the same algorithm either way; fused is fastest on CPU and GPU
+    embedding_grad: EmbeddingGrad  # how the embedding's gradient reaches Adam
 
 
 @dataclass
 class AdamWConfig(AdamConfig):
-    name: OptimizerName = OptimizerName.adamw
-    weight_decay: float = 0.01
+    """Adam with decoupled weight decay: the same keys."""
 
 
 @dataclass
 class SGDConfig:
-    name: OptimizerName = OptimizerName.sgd
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
+    name: OptimizerName
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
 
 
 @dataclass
@@ -180,137 +125,139 @@ class SparseAdamConfig:
     Not identical to Adam: a row's moments do not decay while it is absent from batches. The rest
     of the model uses (dense, fused) Adam with the same lr, betas and eps."""
 
-    name: OptimizerName = OptimizerName.sparse_adam
-    lr: float = 1e-3
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    name: OptimizerName
+    lr: float
+    betas: List[float]
+    eps: float
 
 
 @dataclass
 class SyntheticDataConfig:
-    name: str = "synthetic"
-    variant: SyntheticVariant = SyntheticVariant.order
-    train_size: int = 6000
-    test_size: int = 1000
-    val_fraction: float = 0.1
+    name: str
+    variant: SyntheticVariant
+    train_size: int
+    test_size: int
+    val_fraction: float
     # The data seed is separate from the run seed: seed repeats vary initialisation and batch
     # order over the same data, which is what "mean over seeds" should measure.
-    seed: int = 1234
+    seed: int
 
 
 @dataclass
 class AgNewsDataConfig:
-    name: str = "ag_news"
-    root: Optional[str] = None  # null: <runtime.cache_dir>/ag_news
-    download: bool = True
-    clean: bool = True  # undo the dataset's escapes ('\\' line breaks, '#36;' entities)
-    train_url: str = "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv/train.csv"
-    test_url: str = "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv/test.csv"
-    train_md5: str = "b1a00f826fdfbd249f79597b59e1dc12"
-    test_md5: str = "d52ea96a97a2d943681189a97654912d"
-    val_fraction: float = 0.05
-    limit: Optional[int] = None
-    drop_empty: bool = True
-    seed: int = 1234
+    name: str
+    root: Optional[str]  # null: <runtime.cache_dir>/ag_news
+    download: bool
+    clean: bool  # undo the dataset's escapes ('\\' line breaks, '#36;' entities)
+    train_url: str
+    test_url: str
+    train_md5: str
+    test_md5: str
+    val_fraction: float
+    limit: Optional[int]
+    drop_empty: bool
+    seed: int
 
 
 @dataclass
 class LabelledTextsConfig:
     """What the user's own files and Hugging Face datasets share: columns, splitting, cleaning."""
 
-    text_columns: List[str] = field(default_factory=lambda: ["text"])  # several are joined by a space
-    label_column: str = "label"
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1  # of train, as the test split, when there is no test split
-    limit: Optional[int] = None
-    drop_empty: bool = True
-    seed: int = 1234
+    text_columns: List[str]  # several are joined by a space
+    label_column: str
+    val_fraction: float
+    test_fraction: float  # of train, as the test split, when there is no test split
+    limit: Optional[int]
+    drop_empty: bool
+    seed: int
 
 
 @dataclass
 class TableDataConfig(LabelledTextsConfig):
-    name: str = "csv"
-    train: str = MISSING
-    test: Optional[str] = None  # null: test_fraction of train is held out as the test split
-    format: DataFormat = DataFormat.auto
-    header: bool = True  # without one, name columns by position: text_columns=[1,2] label_column=0
-    label_offset: int = 0  # integer labels: the value of the first class (1 for labels 1..K)
-    classes: Optional[List[str]] = None  # class names in index order; null: taken from train
+    name: str
+    train: str
+    test: Optional[str]  # null: test_fraction of train is held out as the test split
+    format: DataFormat
+    header: bool  # without one, name columns by position: text_columns=[1,2] label_column=0
+    label_offset: int  # integer labels: the value of the first class (1 for labels 1..K)
+    classes: Optional[List[str]]  # class names in index order; null: taken from train
 
 
 @dataclass
 class HfDataConfig(LabelledTextsConfig):
-    name: str = "hf"
-    dataset: str = MISSING  # a hub name ("ag_news") or a local directory of files
-    subset: Optional[str] = None
-    revision: Optional[str] = None
-    train_split: str = "train"
-    test_split: Optional[str] = "test"  # null: test_fraction of train is held out
+    name: str
+    dataset: str  # a hub name ("ag_news") or a local directory of files
+    subset: Optional[str]
+    revision: Optional[str]
+    train_split: str
+    test_split: Optional[str]  # null: test_fraction of train is held out
 
 
 @dataclass
 class TokenizerConfig:
-    name: TokenizerName = TokenizerName.basic_english
-    min_freq: int = 1  # fewer occurrences in the training split: <unk> (subword: not merged)
-    max_vocab: Optional[int] = None  # including <pad> and <unk>; subword tokenizers need one
-    lowercase: bool = True  # subword tokenizers; basic_english always lowercases
+    name: TokenizerName
+    min_freq: int  # fewer occurrences in the training split: <unk> (subword: not merged)
+    max_vocab: Optional[int]  # including <pad> and <unk>; subword tokenizers need one
+    lowercase: bool  # subword tokenizers; basic_english always lowercases
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 32
-    eval_batch_size: int = 512
-    grad_clip: Optional[float] = 1.0
-    epoch_size: Optional[int] = None  # at most this many training examples per epoch (the lesson's epoch_size)
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    grad_clip: Optional[float]
+    epoch_size: Optional[int]  # at most this many training examples per epoch (the lesson's epoch_size)
 
 
 @dataclass
 class RuntimeConfig:
-    device: Device = Device.auto
-    threads: int = 0  # 0: leave torch's default (all cores)
-    # On the CPU, RNN, GRU and LSTM layers run rnnsweep's compiled kernels (rnnsweep/cpu_rnn.py,
+    device: Device
+    threads: int  # 0: leave torch's default (all cores)
+    # On the CPU, RNN, GRU and LSTM layers run rnnsweep's compiled kernels (rnnsweep/fast/,
     # PyTorch's arithmetic); false: PyTorch's own layers.
-    compiled_rnn: bool = True
-    progress: Progress = Progress.auto
-    cache_dir: Optional[str] = None  # encoded data and downloads; null: $RNNSWEEP_CACHE_DIR or ~/.cache/rnnsweep
-    amp: bool = False  # mixed precision: bfloat16 autocast (float16 with loss scaling on GPUs without bf16)
+    compiled_rnn: bool
+    progress: Progress
+    cache_dir: Optional[str]  # encoded data and downloads; null: $RNNSWEEP_CACHE_DIR or ~/.cache/rnnsweep
+    amp: bool  # mixed precision: bfloat16 autocast (float16 with loss scaling on GPUs without bf16)
 
 
 @dataclass
 class LoggerConfig:
-    backend: LoggerBackend = LoggerBackend.none
-    project: str = "rnnsweep"
-    entity: Optional[str] = None
-    mode: WandbMode = WandbMode.auto
-    log_every: int = 50  # optimizer steps between step-level metric logs
-    tags: List[str] = field(default_factory=list)
+    backend: LoggerBackend
+    project: str
+    entity: Optional[str]
+    mode: WandbMode
+    log_every: int  # optimizer steps between step-level metric logs
+    tags: List[str]
 
 
 @dataclass
 class LedgerConfig:
-    store: str = "outputs/store"  # relative paths are taken from the directory rnnsweep runs in
-    force: bool = False  # retrain even when the store holds a finished run of this identity
-    plan: bool = False  # list what each job would do (train / resume / skip / invalid), train nothing
-    fail_on_error: bool = True  # a sweep with a failed job exits non-zero
-    keep_checkpoint: bool = False  # keep each finished run's last epoch checkpoint in the store
+    store: str  # relative paths are taken from the directory rnnsweep runs in
+    force: bool  # retrain even when the store holds a finished run of this identity
+    plan: bool  # list what each job would do (train / resume / skip / invalid), train nothing
+    fail_on_error: bool  # a sweep with a failed job exits non-zero
+    keep_checkpoint: bool  # keep each finished run's last epoch checkpoint in the store
 
 
 @dataclass
 class RootConfig:
-    seed: int = 0
-    model: ModelConfig = MISSING
-    batching: BatchingConfig = MISSING
-    topology: TopologyConfig = MISSING
+    seed: int
+    model: ModelConfig
+    batching: BatchingConfig
+    topology: TopologyConfig
     # Options of these groups differ in their keys: each is checked against the schema its
     # `name` selects (OPTIMIZERS, DATA_SOURCES) by `validate`.
-    optimizer: Any = MISSING
-    data: Any = MISSING
-    tokenizer: TokenizerConfig = MISSING
-    train: TrainConfig = field(default_factory=TrainConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    logger: LoggerConfig = MISSING
-    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    optimizer: Any
+    data: Any
+    tokenizer: TokenizerConfig
+    train: TrainConfig
+    runtime: RuntimeConfig
+    logger: LoggerConfig
+    ledger: LedgerConfig
+
+
 
 
 OPTIMIZERS = {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig, "sparse_adam": SparseAdamConfig}
@@ -384,6 +331,23 @@ def _schema_keys(schema: type = RootConfig, prefix: str = "") -> tuple[list[str]
             leaves += [k for k in more_leaves if k not in leaves]
             sections.update(more_sections)
     return leaves, sections
+
+
+def fixed_choices() -> str:
+    """One line per key whose value is one of a fixed set, with the set (for `rnnsweep --help`)."""
+    lines = {}
+
+    def walk(schema: type, prefix: str) -> None:
+        unions = {"optimizer": OPTIMIZERS, "data": DATA_SOURCES} if schema is RootConfig else {}
+        for name, hint in typing.get_type_hints(schema).items():
+            options = list(unions[name].values()) if name in unions else [hint] if dataclasses.is_dataclass(hint) else []
+            for option in options:
+                walk(option, f"{prefix}{name}.")
+            if isinstance(hint, type) and issubclass(hint, Enum) and name != "name":
+                lines[prefix + name] = ", ".join(e.value for e in hint)
+
+    walk(RootConfig, "")
+    return "\n".join(f"  {key}: {values}" for key, values in lines.items())
 
 
 def unknown_key_hint(key: str, *, list_section: bool = True) -> str:
@@ -504,10 +468,10 @@ def validate(cfg: DictConfig) -> RootConfig:
     if m.arch is Arch.bow:
         # No recurrence: the recurrent knobs would be silently ignored, so refuse them.
         _require(
-            m.pooling in (Pooling.mean, Pooling.max),
+            m.pooling in (Pooling.mean, Pooling.max, Pooling.attention),
             "model.pooling",
             m.pooling,
-            "model=bow pools embeddings: use mean or max",
+            "model=bow pools embeddings: use mean, max or attention",
         )
         if t.num_layers != 1 or t.bidirectional:
             raise ConfigError(

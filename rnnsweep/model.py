@@ -3,7 +3,7 @@
 One class covers the lesson's RNN, LSTM and packed LSTM, GRUs, bidirectional and stacked
 variants, and the bag-of-embeddings baseline, so that a sweep changes arguments, not code.
 
-Padding never reaches the correct poolings (`last`, `mean`, `max`). For a unidirectional
+Padding never reaches the correct poolings (`last`, `mean`, `max`, `attention`). For a unidirectional
 stack that is a matter of reading the right positions: padding comes after the real tokens.
 A backward direction, though, would read the padding *first* and carry it into every real
 position, so with padded batches the bidirectional stack runs each direction itself, the
@@ -19,11 +19,12 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from . import cpu_rnn
+from . import fast
 
 RECURRENT = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 ARCHS = ("bow", *RECURRENT)
-POOLINGS = ("last", "mean", "max", "seed_mean", "seed_hlast")
+POOLINGS = ("last", "mean", "max", "attention", "seed_mean", "seed_hlast")
+MASKED_POOLINGS = ("mean", "max", "attention")  # what a bag of embeddings can pool with
 
 
 def reverse_within_lengths(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -40,19 +41,37 @@ def padding_mask(lengths: torch.Tensor, width: int, device: torch.device) -> tor
     return torch.arange(width, device=device).unsqueeze(0) < lengths.to(device).unsqueeze(1)
 
 
+class AttentionPooling(nn.Module):
+    """A learned weighted mean over the real positions (hierarchical attention networks, Yang et
+    al. 2016): u_t = tanh(W h_t + b), weights = softmax over t of u_t . u_w. Padding gets weight 0."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.project = nn.Linear(features, features)
+        self.context = nn.Linear(features, 1, bias=False)  # u_w
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = self.context(torch.tanh(self.project(x))).squeeze(2).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=1)
+        return (weights.unsqueeze(2) * x.masked_fill(~mask.unsqueeze(2), 0.0)).sum(dim=1)
+
+
 class TextClassifier(nn.Module):
+    """Sizes and choices are the config's (conf/model, conf/topology, conf/batching); the keyword
+    defaults below are the plain variant: one unidirectional layer on padded batches."""
+
     def __init__(
         self,
         vocab_size: int,
         num_classes: int,
         *,
-        arch: str = "lstm",
-        embed_dim: int = 64,
-        hidden_dim: int = 64,
+        arch: str,
+        embed_dim: int,
+        hidden_dim: int,
+        pooling: str,
         num_layers: int = 1,
         bidirectional: bool = False,
         dropout: float = 0.0,
-        pooling: str = "last",
         packed: bool = False,
         embed_init: str = "default",
         pad_id: int = 0,
@@ -65,11 +84,11 @@ class TextClassifier(nn.Module):
             raise ValueError(f"arch must be one of {ARCHS}, not {arch!r}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
-        if arch == "bow" and pooling not in ("mean", "max"):
-            raise ValueError("a bag of embeddings pools with mean or max")
+        if arch == "bow" and pooling not in MASKED_POOLINGS:
+            raise ValueError(f"a bag of embeddings pools with {', '.join(MASKED_POOLINGS)}")
         self.arch, self.pooling, self.packed = arch, pooling, packed
         self.native_packing = native_packing
-        # RNNs, GRUs and LSTMs on the CPU run cpu_rnn's compiled layers (same arithmetic); False: torch's own.
+        # RNNs, GRUs and LSTMs on the CPU run the compiled layers (same arithmetic); False: torch's own.
         self.compiled_rnn = compiled_rnn
         self.bidirectional, self.num_layers = bidirectional, num_layers
         self.dropout = dropout
@@ -102,6 +121,7 @@ class TextClassifier(nn.Module):
             ]
             for twin in self._one_direction:
                 twin.requires_grad_(False)
+        self.attention = AttentionPooling(features) if pooling == "attention" else None
         self.fc = nn.Linear(features, num_classes)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -154,16 +174,16 @@ class TextClassifier(nn.Module):
         return self.rnn(x)
 
     def _compiled(self, x, rnn) -> bool:
-        return self.compiled_rnn and cpu_rnn.applies(x, rnn)
+        return self.compiled_rnn and fast.applies(x, rnn)
 
     def _stack(self, x: torch.Tensor) -> torch.Tensor:
-        """self.rnn(x)'s outputs for a unidirectional stack; on the CPU, cpu_rnn's kernels run its layers."""
+        """self.rnn(x)'s outputs for a unidirectional stack; on the CPU, the compiled layers run it."""
         if not self._compiled(x, self.rnn):
             return self.rnn(x)[0]
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0:
                 x = nn.functional.dropout(x, self.dropout, self.training)
-            x = cpu_rnn.layer(self.rnn, x, *(getattr(self.rnn, f"{name}_l{layer}") for name in cpu_rnn.WEIGHTS))
+            x = fast.layer(self.rnn, x, *(getattr(self.rnn, f"{name}_l{layer}") for name in fast.WEIGHTS))
         return x
 
     def _run_packed(self, x, lengths):
@@ -192,7 +212,7 @@ class TextClassifier(nn.Module):
 
     def _one_layer(self, twin: nn.Module, weights: dict, x: torch.Tensor) -> torch.Tensor:
         if self._compiled(x, twin):
-            return cpu_rnn.layer(twin, x, *(weights[f"{name}_l0"] for name in cpu_rnn.WEIGHTS))
+            return fast.layer(twin, x, *(weights[f"{name}_l0"] for name in fast.WEIGHTS))
         return functional_call(twin, weights, (x,))[0]
 
     def _last(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -205,6 +225,8 @@ class TextClassifier(nn.Module):
         return torch.cat([last[:, :hidden], out[:, 0, hidden:]], dim=1)
 
     def _pool_masked(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.attention is not None:
+            return self.attention(x, mask)
         m = mask.unsqueeze(2)
         if self.pooling == "max":
             return x.masked_fill(~m, float("-inf")).max(dim=1).values

@@ -1,83 +1,66 @@
-"""Where metrics go: the run's result record on disk, and Weights & Biases.
+"""Weights & Biases: which mode a run logs in, and one W&B run per training run.
 
-The record (`metrics.json`) is the source of truth that reports read; it is written whole or
-not at all (temp file + rename). W&B is a view of the same numbers.
+The result record (store.py) is the source of truth that reports read; W&B is a view of the
+same numbers. Torch-free, and `wandb` itself is imported only when a run starts: the report and
+the config checks use the mode rules too.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
-import json
 import logging
+import netrc
 import os
-import platform
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
-
-import torch
-
-from . import __version__
-from .ledger import RECORD
-from .wandb_mode import resolve_wandb_mode
+from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 
-RECORD_NAME = RECORD  # the ledger names the files of a run
 
-
-def write_record(directory: Path, record: dict[str, Any]) -> Path:
-    """Atomically write `record` as `directory/metrics.json`; a reader never sees half a file."""
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / RECORD_NAME
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{RECORD_NAME}.", suffix=".tmp")
+def wandb_api_key_configured() -> bool:
+    """True when W&B could log online without asking: WANDB_API_KEY or a netrc entry."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2, sort_keys=False, allow_nan=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide records from the rest of a shared group
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host or "") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
 
 
-def git_commit() -> str | None:
-    """The commit of the checkout rnnsweep runs from (with `-dirty` if it has changes), if any."""
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
+# What W&B's own settings accept in WANDB_MODE ("dryrun" and "run" are its old names).
+ACCEPTED_ENV_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
+
+
+def wandb_mode_env_problem() -> str | None:
+    """Why WANDB_MODE would make every W&B run fail, or None. W&B reads it whatever mode a run asks
+    for, and rejects a value it does not know with a multi-line validation error."""
+    value = os.environ.get("WANDB_MODE")
+    if value is None or not value.strip() or value in ACCEPTED_ENV_MODES:
         return None
+    return f"WANDB_MODE={value!r} in the environment: W&B accepts online, offline or disabled (or leave it unset)"
 
 
-def environment(device: torch.device, threads: int) -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "rnnsweep": __version__,
-        "git_commit": git_commit(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "threads": threads,
-        "platform": platform.platform(),
-    }
+def _drop_empty_wandb_mode_env() -> None:
+    # `WANDB_MODE=` in a shell or CI means unset, but W&B's settings reject the empty string.
+    if os.environ.get("WANDB_MODE", "x").strip() == "":
+        del os.environ["WANDB_MODE"]
+
+
+def resolve_wandb_mode(configured: str) -> tuple[str, str | None]:
+    """(mode, notice). An explicit logger.mode wins, then WANDB_MODE, then key detection.
+    Call it before a W&B run starts: an empty WANDB_MODE is removed from the environment."""
+    _drop_empty_wandb_mode_env()
+    if configured != "auto":
+        return configured, None
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        return env, None
+    if wandb_api_key_configured():
+        return "online", None
+    return "offline", "W&B: no API key configured, logging offline"
 
 
 class NoTracker:
@@ -139,7 +122,7 @@ class WandbTracker:
             tags=tags,
             config=config,
             dir=str(directory),
-            # The ledger's id: a resumed run continues its W&B run instead of starting a second.
+            # The store's id: a resumed run continues its W&B run instead of starting a second.
             id=run_id,
             resume="allow" if run_id else None,
             # Never continue whatever run this process had open: each job gets its own run.

@@ -15,10 +15,8 @@ from typing import Callable, Iterable, Protocol
 
 import torch
 import torch.nn.functional as F
-from .progress import tqdm
-
 from .data.batches import Batch
-from .optim import clip_grad_norm
+from .progress import tqdm
 
 
 class Diverged(RuntimeError):
@@ -84,9 +82,9 @@ def evaluate(model: torch.nn.Module, batches: Iterable[Batch], num_classes: int,
 
 class _Window:
     """The steps since the last read: each step's mean loss, batch size, logits and labels, held
-    as they are. Summing them step by step took ten small tensor operations a step, about 0.1 ms,
-    3% of a step of the lesson's LSTM on a CPU; here that is a few operations per read. Each read
-    also adds the window to the epoch's totals (`epoch`: loss sum, correct, examples)."""
+    as they are. Summing them step by step would take ten small tensor operations a step, a
+    visible share of a small model's step on a CPU; here that is a few operations per read. Each
+    read also adds the window to the epoch's totals (`epoch`: loss sum, correct, examples)."""
 
     def __init__(self) -> None:
         self.losses: list[torch.Tensor] = []
@@ -131,6 +129,28 @@ class FitState:
         return self.train_examples / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> None:
+    """torch's clip_grad_norm_, also for sparse gradients (which its fused norm does not take)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not any(g.is_sparse for g in grads):
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    grads = [g.coalesce() if g.is_sparse else g for g in grads]
+    total = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g._values() if g.is_sparse else g) for g in grads])
+    )
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for p, g in zip([p for p in params if p.grad is not None], grads):
+        if g.is_sparse:
+            # torch 2.11-2.12 warn of unchecked invariants even with check_invariants=False
+            # (pytorch#178274); an explicit scope silences it. coalesce() made this gradient valid.
+            with torch.sparse.check_sparse_tensor_invariants(enable=False):
+                p.grad = torch.sparse_coo_tensor(g._indices(), g._values() * scale, g.shape, is_coalesced=True,
+                                                 check_invariants=False)
+        else:
+            g.mul_(scale)
+
+
 def _finite_or_raise(value: float, step: int, epoch: int, history: list) -> float:
     if not math.isfinite(value):
         raise Diverged(f"training loss became {value} at step {step} (epoch {epoch})", history)
@@ -153,13 +173,16 @@ def fit(
     progress: bool = False,
     state: FitState | None = None,
     on_epoch_end: Callable[[FitState], None] | None = None,
+    pending_work: Callable[[], None] | None = None,
     amp: bool = False,
 ) -> FitState:
     """Train until `epochs` are done, from scratch or from a checkpoint's `state`.
 
     `train_batches(epoch)` gives that epoch's batches; it must depend on the epoch alone (seed
     it per epoch), so a resumed run sees exactly the batches an uninterrupted one would.
-    `on_epoch_end` runs after each epoch's validation (to write a checkpoint).
+    `on_epoch_end` runs after each epoch's validation (to write a checkpoint). `pending_work`
+    finishes what the optimizer deferred (updates it applies lazily) before the epoch's clock
+    stops, since that work is the epoch's.
     """
     callbacks = list(callbacks)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -211,8 +234,8 @@ def fit(
                     cb.on_step(step, metrics)
         window.read()
         ep_loss, ep_correct, ep_n = window.epoch
-        if hasattr(optimizer, "flush"):  # deferred Adam's outstanding updates are this epoch's work: time them
-            optimizer.flush()
+        if pending_work is not None:
+            pending_work()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         epoch_seconds = time.perf_counter() - started

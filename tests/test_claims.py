@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from rnnsweep import config, job
+from rnnsweep import config, run
 
 
 def test_acc(compose_cfg, tmp_path, overrides):
     cfg = compose_cfg(["logger=none", "runtime.progress=off", *overrides])
-    record = job.run(config.validate(cfg), job.RunContext(out_dir=tmp_path / "_".join(overrides)))
+    record = run.train(config.validate(cfg), None, tmp_path / "_".join(overrides))
     assert record["status"] == "completed"
     return record["metrics"]["test/acc"]
 

@@ -94,6 +94,9 @@ def test_help_lists_the_config_groups(tmp_path):
                      "tokenizer: basic_english, bpe, wordpiece", "logger: none, wandb", "experiment: paper_grid, seed_notebook"):
         assert line in res.stdout
     assert "rnnsweep -m model=rnn,lstm,gru" in res.stdout
+    # Keys whose values come from a fixed set, with the set, straight from the schemas.
+    assert "model.pooling: last, mean, max, attention, seed_mean, seed_hlast" in res.stdout
+    assert "optimizer.embedding_grad: auto, dense, scattered, deferred" in res.stdout
 
 
 def test_cfg_job_prints_the_composed_config_and_trains_nothing(tmp_path):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import pytest
 
 from conftest import TINY, group_options
 from datafiles import write_ag_news, write_jsonl
-from rnnsweep import config, job
+from rnnsweep import config, run
 
 # Options that select a Hydra plugin, and the plugin's module.
 PLUGINS = {
@@ -48,10 +49,45 @@ def test_every_option_composes_validates_and_trains_a_step(compose_cfg, tmp_path
         pytest.importorskip("tokenizers")
     cfg = compose_cfg(overrides)
     settings = config.validate(cfg)
-    record = job.run(settings, job.RunContext(out_dir=tmp_path))
+    record = run.train(settings, None, tmp_path)
     assert record["status"] == "completed", record["error"]
     assert record["metrics"]["steps"] >= 1
     assert (tmp_path / "metrics.json").is_file()
+
+
+def schemas() -> list[type]:
+    found, todo = [], [config.RootConfig, *config.OPTIMIZERS.values(), *config.DATA_SOURCES.values()]
+    while todo:
+        schema = todo.pop()
+        if schema in found:
+            continue
+        found.append(schema)
+        todo += [f.type for f in dataclasses.fields(schema) if dataclasses.is_dataclass(f.type)]
+    return found
+
+
+def test_values_live_in_conf_only_so_python_and_the_command_line_cannot_disagree(compose_cfg):
+    """No schema field has a value of its own: a Python caller composes conf/ as the CLI does."""
+    for schema in schemas():
+        for f in dataclasses.fields(schema):
+            assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, f"{schema.__name__}.{f.name}"
+    # ...and conf/ gives every key a value for every option (a missing one fails validation by name).
+    for group, option in group_options():
+        if group in ("launcher", "search", "experiment", "lesson") or (group == "data" and option in ("csv", "hf")):
+            continue
+        config.validate(compose_cfg([f"{group}={option}"]))
+
+
+def test_a_missing_value_is_an_error_naming_the_key(compose_cfg):
+    with pytest.raises(config.ConfigError, match=r"data.train: required, no default; set it on the command line"):
+        config.validate(compose_cfg(["data=csv"]))
+
+
+def test_attention_pooling_trains_from_the_command_line_options(compose_cfg, tmp_path):
+    settings = config.validate(compose_cfg([*TINY, "model=lstm", "model.pooling=attention", "topology=bi"]))
+    record = run.train(settings, None, tmp_path)
+    assert record["status"] == "completed", record["error"]
+    assert record["config"]["model"]["pooling"] == "attention"
 
 
 def test_defaults_are_the_correct_model_not_the_lessons(compose_cfg):

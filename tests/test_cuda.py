@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import TINY
-from rnnsweep import config, job
+from rnnsweep import config, run
 from rnnsweep.model import TextClassifier
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -41,14 +41,14 @@ def test_padded_packed_and_padding_invariance_on_cuda(arch, bi, pooling):
 ])
 def test_auto_device_trains_on_cuda(compose_cfg, tmp_path, extra):
     cfg = compose_cfg([*TINY, "runtime.device=auto", *extra])
-    record = job.run(config.validate(cfg), job.RunContext(out_dir=tmp_path))
+    record = run.train(config.validate(cfg), None, tmp_path)
     assert record["status"] == "completed", record["error"]
     assert record["env"]["device"].startswith("cuda")
 
 
 def test_a_cuda_run_resumes_from_its_checkpoint(compose_cfg, tmp_path):
     overrides = [*TINY, "runtime.device=cuda", "model=gru", "topology=deep"]
-    job.run(config.validate(compose_cfg([*overrides, "train.epochs=1"])), job.RunContext(out_dir=tmp_path, keep_checkpoint=True))
-    record = job.run(config.validate(compose_cfg([*overrides, "train.epochs=2"])), job.RunContext(out_dir=tmp_path, resume=True))
+    run.train(config.validate(compose_cfg([*overrides, "train.epochs=1", "ledger.keep_checkpoint=true"])), None, tmp_path)
+    record = run.train(config.validate(compose_cfg([*overrides, "train.epochs=2"])), None, tmp_path, resume=True)
     assert record["status"] == "completed" and record["resumed_from_epoch"] == 1
     assert [h["epoch"] for h in record["history"]] == [1, 2]

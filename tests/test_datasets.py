@@ -204,8 +204,8 @@ def test_splits_are_stratified_deterministic_and_part_of_the_fingerprint(tmp_pat
     assert a.meta["label_mapping"] == {"Business": 0, "Sci/Tech": 1, "Sports": 2, "World": 3}
     other = SplitOptions(val_fraction=0.2, test_fraction=0.2, seed=3)
     assert data_fingerprint(source, opts) != data_fingerprint(source, other)
-    assert data_fingerprint(source, opts) != data_fingerprint(source, SplitOptions(0.1, 0.2, seed=4))
-    limited = prepare(source, SplitOptions(0.1, 0.2, limit=100, seed=3), TokenizerOptions(), tmp_path / "c1")
+    assert data_fingerprint(source, opts) != data_fingerprint(source, SplitOptions(0.1, test_fraction=0.2, seed=4))
+    limited = prepare(source, SplitOptions(0.1, test_fraction=0.2, limit=100, seed=3), TokenizerOptions(), tmp_path / "c1")
     assert len(limited.train) + len(limited.val) + len(limited.test) == 100
 
 
@@ -240,7 +240,7 @@ def test_a_failed_load_caches_nothing(tmp_path):
     source = Table(train=tmp_path / "train.csv", test=tmp_path / "test.csv", fmt="auto", text_columns=["text"],
                    label_column="label", header=True, label_offset=0, classes=["a", "b"], drop_empty=True)
     with pytest.raises(DataError, match="train.csv:3: label '7'"):
-        prepare(source, SplitOptions(), TokenizerOptions(), tmp_path / "cache")
+        prepare(source, SplitOptions(0.1, seed=0), TokenizerOptions(), tmp_path / "cache")
     assert [p.name for p in (tmp_path / "cache" / "encoded").iterdir() if not p.name.endswith(".lock")] == []
 
 

@@ -7,10 +7,11 @@ import copy
 import pytest
 import torch
 
-from rnnsweep import config, job
+from rnnsweep import builders, config
 from rnnsweep.data.batches import collate
-from rnnsweep.deferred_adam import DeferredAdam, gradient_rows
-from rnnsweep.optim import ScatteredGrad, make_optimizer
+from rnnsweep.fast.optimizers import DeferredAdam
+from rnnsweep.fast.row_adam import gradient_rows
+from rnnsweep.fast.optimizers import ScatteredGrad, make_optimizer
 from test_fastpath import model, split_vocab_texts, texts, train_steps
 
 V, D = 1500, 16
@@ -132,7 +133,7 @@ def test_a_checkpoint_in_the_middle_continues_exactly():
 
 def test_auto_picks_deferred_on_the_cpu_except_for_adams_l2_decay(compose_cfg):
     def resolved(overrides, device="cpu"):
-        return job.embedding_grad(config.validate(compose_cfg(overrides)), torch.device(device))
+        return builders.embedding_grad(config.validate(compose_cfg(overrides)).optimizer, torch.device(device))
 
     assert resolved([]) == "deferred"
     assert resolved(["optimizer=adamw"]) == "deferred"
@@ -183,7 +184,7 @@ def test_gradient_rows_sum_an_embeddings_repeated_tokens_as_coalesce_does():
 def test_deferred_adam_split_over_threads_gives_the_one_thread_table_bit_for_bit():
     """Rows are replayed and stepped on whichever thread takes them; a batch naming a row twice must
     still replay it once."""
-    from rnnsweep import cpu_rnn
+    from rnnsweep.fast import cpu_rnn
     tables = []
     try:
         for threads in (1, 2):

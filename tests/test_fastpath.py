@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from conftest import TINY
-from rnnsweep import config, job
+from rnnsweep import config, run
 from rnnsweep.data import EncodedTexts
 from rnnsweep.data.batches import batch_rows, collate, num_batches
 from rnnsweep.model import TextClassifier
-from rnnsweep.optim import DenseAdam, LazyAdam, RowAdam, ScatteredGrad, clip_grad_norm, make_optimizer
+from rnnsweep.fast.optimizers import DenseAdam, LazyAdam, RowAdam, ScatteredGrad, make_optimizer
+from rnnsweep.train import clip_grad_norm
 
 
 def texts(n: int = 1000, seed: int = 0) -> EncodedTexts:
@@ -65,7 +66,7 @@ def test_collate_reads_memory_mapped_int32_arrays(tmp_path):
 
 def model(sparse: bool = False) -> TextClassifier:
     torch.manual_seed(0)
-    return TextClassifier(60, 4, arch="lstm", embed_dim=8, hidden_dim=8, sparse_embedding=sparse)
+    return TextClassifier(60, 4, arch="lstm", embed_dim=8, hidden_dim=8, pooling="last", sparse_embedding=sparse)
 
 
 def split_vocab_texts() -> EncodedTexts:
@@ -137,7 +138,7 @@ def test_the_separate_adamw_kernel_of_older_torch_gives_the_same_steps(monkeypat
     calls torch.optim.adamw.adamw, which torch still ships: the same call must give the same numbers."""
     from torch.optim.adamw import adamw
 
-    from rnnsweep import optim
+    from rnnsweep.fast import optimizers as optim
 
     def steps(params):
         opt = DenseAdam(params, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, decoupled=True,
@@ -163,9 +164,9 @@ def test_the_cpu_optimizers_train_without_importing_torch_dynamo():
     script = """
 import sys, torch
 from rnnsweep.model import TextClassifier
-from rnnsweep.optim import make_optimizer
+from rnnsweep.fast.optimizers import make_optimizer
 for name in ("adam", "sparse_adam"):
-    net = TextClassifier(100, 4, arch="lstm", embed_dim=8, hidden_dim=8, sparse_embedding=True)
+    net = TextClassifier(100, 4, arch="lstm", embed_dim=8, hidden_dim=8, pooling="last", sparse_embedding=True)
     opt = make_optimizer(name, net, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, embedding_grad="deferred")
     net(torch.randint(1, 100, (4, 6)), torch.tensor([6, 5, 3, 1])).sum().backward()
     opt.step()
@@ -225,7 +226,7 @@ def test_clipping_sparse_gradients_matches_clipping_their_dense_form():
 ])
 def test_fast_path_options_train_end_to_end(compose_cfg, tmp_path, extra):
     settings = config.validate(compose_cfg([*TINY, *extra]))
-    record = job.run(settings, job.RunContext(out_dir=tmp_path))
+    record = run.train(settings, None, tmp_path)
     assert record["status"] == "completed", record["error"]
     assert np.isfinite(record["metrics"]["train/loss"])
     if "train.epoch_size=50" in extra:
@@ -237,14 +238,14 @@ def test_runtime_compiled_rnn_picks_the_layer_a_run_trains_and_threads_reach_its
                                                                                       monkeypatch, compiled):
     import numba
 
-    from rnnsweep import cpu_rnn
+    from rnnsweep import fast
     calls = []
-    real_layer = cpu_rnn.layer
-    monkeypatch.setattr(cpu_rnn, "layer", lambda *a: calls.append(1) or real_layer(*a))  # counts, then computes
-    cpu_rnn.set_threads(2)
+    real_layer = fast.layer
+    monkeypatch.setattr(fast, "layer", lambda *a: calls.append(1) or real_layer(*a))  # counts, then computes
+    fast.set_threads(2)
     settings = config.validate(compose_cfg([*TINY, "model=lstm", "runtime.device=cpu", "runtime.threads=1",
                                             f"runtime.compiled_rnn={str(compiled).lower()}"]))
-    record = job.run(settings, job.RunContext(out_dir=tmp_path))
+    record = run.train(settings, None, tmp_path)
     assert record["status"] == "completed", record["error"]
     assert bool(calls) == compiled
     assert numba.get_num_threads() == 1
@@ -254,10 +255,10 @@ def test_runtime_compiled_rnn_picks_the_layer_a_run_trains_and_threads_reach_its
 def test_a_fresh_process_trains_on_the_threads_it_was_given_after_numbas_pool_starts(tmp_path):
     # A launcher's worker (submitit, Ray) runs its first job in a process where numba's pool has
     # not started yet; starting it must not hand torch every core again.
-    script = ("import sys, torch; from conftest import TINY, compose_config; from rnnsweep import config, job; "
+    script = ("import sys, torch; from conftest import TINY, compose_config; from rnnsweep import config, run; "
               "from pathlib import Path; "
               "cfg = config.validate(compose_config([*TINY, 'model=lstm', 'runtime.device=cpu', 'runtime.threads=1'])); "
-              "record = job.run(cfg, job.RunContext(out_dir=Path(sys.argv[1]))); "
+              "record = run.train(cfg, None, Path(sys.argv[1])); "
               "print(record['status'], record['env']['threads'], torch.get_num_threads())")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     res = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env,
@@ -268,8 +269,8 @@ def test_a_fresh_process_trains_on_the_threads_it_was_given_after_numbas_pool_st
 
 def test_amp_on_the_cpu_is_refused_before_training(compose_cfg, tmp_path):
     settings = config.validate(compose_cfg([*TINY, "runtime.amp=true", "runtime.device=cpu"]))
-    with pytest.raises(job.RunFailed, match="runtime.amp=true needs a CUDA device"):
-        job.run(settings, job.RunContext(out_dir=tmp_path))
+    with pytest.raises(run.RunFailed, match="runtime.amp=true needs a CUDA device"):
+        run.train(settings, None, tmp_path)
 
 
 def test_sparse_adam_has_no_weight_decay(compose_cfg):
@@ -355,7 +356,7 @@ def test_the_compiled_cpu_layers_compute_what_torchs_layers_do(arch, layers, bid
 
 @pytest.mark.parametrize("kind", [torch.nn.GRU, torch.nn.RNN, torch.nn.LSTM])
 def test_a_compiled_layer_gives_torchs_outputs_and_gradients_at_lesson_sizes(kind):
-    from rnnsweep import cpu_rnn
+    from rnnsweep.fast import cpu_rnn
     torch.manual_seed(0)
     rnn = kind(64, 32, batch_first=True)
     x = torch.randn(16, 43, 64, requires_grad=True)
@@ -379,7 +380,7 @@ def test_a_compiled_layer_gives_torchs_outputs_and_gradients_at_lesson_sizes(kin
 @pytest.mark.parametrize("kind", [torch.nn.GRU, torch.nn.RNN, torch.nn.LSTM])
 def test_a_compiled_layer_split_over_threads_gives_the_one_thread_numbers_bit_for_bit(kind):
     """Each thread takes whole sequences of the batch: any scratch shared between them would show."""
-    from rnnsweep import cpu_rnn
+    from rnnsweep.fast import cpu_rnn
     torch.manual_seed(0)
     rnn = kind(24, 16, batch_first=True)
     x = torch.randn(13, 29, 24, requires_grad=True)  # a batch that two threads split unevenly
@@ -399,7 +400,7 @@ def test_a_compiled_layer_split_over_threads_gives_the_one_thread_numbers_bit_fo
 
 
 def test_compiled_layers_stay_on_one_thread_where_numbas_pool_would_not_pay():
-    script = ("from rnnsweep import cpu_rnn; import numba; "
+    script = ("from rnnsweep.fast import cpu_rnn; import numba; "
               "print(cpu_rnn.set_threads(2), numba.get_num_threads())")
     env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_NUM_THREADS": "2"}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
@@ -410,18 +411,19 @@ WARM_UP_SCRIPT = """
 import json
 import sys
 import torch
-from rnnsweep import cpu_rnn, deferred_adam, job
+from rnnsweep import fast
+from rnnsweep.fast import cpu_rnn, row_adam
 from rnnsweep.model import TextClassifier
-from rnnsweep.optim import make_optimizer
+from rnnsweep.fast.optimizers import make_optimizer
 
 name = sys.argv[1]
-loops = [cpu_rnn._lstm_forward, cpu_rnn._lstm_backward, deferred_adam.adam_rows, deferred_adam._merge_rows]
+loops = [cpu_rnn._lstm_forward, cpu_rnn._lstm_backward, row_adam.adam_rows, row_adam._merge_rows]
 if name == "adam":
-    loops += [deferred_adam._catch_up, deferred_adam._catch_up_all]
-model = TextClassifier(50, 3, arch="lstm", embed_dim=8, hidden_dim=8, sparse_embedding=True)
+    loops += [row_adam.catch_up, row_adam.catch_up_all]
+model = TextClassifier(50, 3, arch="lstm", embed_dim=8, hidden_dim=8, pooling="last", sparse_embedding=True)
 opt = make_optimizer(name, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, embedding_grad="deferred")
 rng = torch.random.get_rng_state()
-job.warm_up_compiled_loops(model, opt)
+fast.warm_up(model, opt, compiled_layers=True)
 assert torch.equal(rng, torch.random.get_rng_state()), "the warm-up drew from the run's random stream"
 warmed = [len(loop.signatures) for loop in loops]
 ids, lengths = torch.randint(1, 50, (3, 5)), torch.tensor([5, 4, 2])
@@ -446,3 +448,26 @@ def test_the_warm_up_readies_every_loop_training_calls_so_none_compiles_inside_t
     warmed, trained = json.loads(res.stdout.strip().splitlines()[-1])
     assert all(n >= 1 for n in warmed)
     assert trained == warmed
+
+
+@pytest.mark.parametrize("name,embedding_grad", [("adam", "deferred"), ("adamw", "deferred"), ("adam", "scattered"),
+                                                 ("sparse_adam", "sparse")])
+def test_every_fast_optimizer_is_a_torch_optimizer_that_an_lr_scheduler_drives(name, embedding_grad):
+    """A scheduler's learning rate reaches every part of the optimizer: ours, stepped by StepLR,
+    trains the model as the same optimizer given that learning rate by hand."""
+    kw = dict(lr=1e-2, betas=[0.9, 0.999], eps=1e-8, embedding_grad=embedding_grad)
+    driven, by_hand = model(sparse=True), model(sparse=True)
+    opt = make_optimizer(name, driven, **kw)
+    assert isinstance(opt, torch.optim.Optimizer)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    reference = make_optimizer(name, by_hand, **kw)
+    data = texts(64)
+    for step in range(4):
+        train_steps(driven, opt, 1, data.subset(np.arange(step * 16, step * 16 + 16)))
+        scheduler.step()
+        train_steps(by_hand, reference, 1, data.subset(np.arange(step * 16, step * 16 + 16)))
+        for group in reference.param_groups:
+            group["lr"] = 1e-2 * 0.5 ** (step + 1)
+    assert all(g["lr"] == pytest.approx(1e-2 / 16) for g in opt.param_groups)
+    for p, q in zip(driven.state_dict().values(), by_hand.state_dict().values()):
+        assert torch.equal(p, q)

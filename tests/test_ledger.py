@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from filelock import FileLock
 
 from conftest import TINY
-from rnnsweep import config, job, ledger
+from rnnsweep import builders, config, run, store
+from rnnsweep.data import data_fingerprint
 from rnnsweep.config import to_plain
 
 TIMING = {"wall_s", "train/examples_per_s", "train/seconds"}
@@ -16,7 +18,9 @@ TIMING = {"wall_s", "train/examples_per_s", "train/seconds"}
 
 def identity(compose_cfg, overrides):
     s = config.validate(compose_cfg([*TINY, *overrides]))
-    return ledger.run_identity(to_plain(s), job.data_fingerprint(s))
+    source = builders.data_source(s.data, Path.cwd(), builders.cache_dir(s.runtime, Path.cwd()))
+    identity = store.run_identity(to_plain(s), data_fingerprint(source, builders.split_options(s.data)))
+    return identity.run_id, identity.group_id
 
 
 def test_identity_ignores_what_cannot_change_the_result(compose_cfg):
@@ -52,16 +56,16 @@ def test_group_id_is_shared_by_seed_repeats_only(compose_cfg):
     ],
 )
 def test_decisions(status, force, checkpoint, action):
-    assert ledger.decide(status, force, checkpoint) == action
+    assert store.decide(status, force, checkpoint) == action
 
 
 def test_a_running_entry_is_told_from_a_cut_one_by_its_lock(tmp_path):
-    entry = ledger.Store(tmp_path).entry("abc")
+    entry = store.Entry(tmp_path / "abc")
     assert entry.status() == "new"
     entry.dir.mkdir()
     entry.record_path.write_text(json.dumps({"status": "running"}))
     assert entry.status() == "interrupted"  # nobody holds the lock: the process died
-    with FileLock(entry.dir / ledger.LOCK):
+    with FileLock(entry.dir / store.LOCK):
         assert entry.status() == "running"
     entry.record_path.write_text("{ half a rec")
     assert entry.status() == "new"  # unreadable record: nothing to trust
@@ -71,34 +75,34 @@ def test_a_running_entry_is_told_from_a_cut_one_by_its_lock(tmp_path):
 def test_resuming_from_an_epoch_checkpoint_gives_the_uninterrupted_metrics(compose_cfg, tmp_path, extra):
     # Dropout (topology=deep) makes the RNG state part of what must be restored.
     overrides = [*TINY, "runtime.device=cpu", "seed=2", *extra]
-    full = job.run(config.validate(compose_cfg([*overrides, "train.epochs=3"])), job.RunContext(out_dir=tmp_path / "full"))
+    full = run.train(config.validate(compose_cfg([*overrides, "train.epochs=3"])), None, tmp_path / "full")
 
     cut = tmp_path / "cut"  # a run that stopped after epoch 1 leaves this checkpoint behind
-    job.run(config.validate(compose_cfg([*overrides, "train.epochs=1"])), job.RunContext(out_dir=cut, keep_checkpoint=True))
-    assert (cut / ledger.CHECKPOINT).is_file()
-    resumed = job.run(config.validate(compose_cfg([*overrides, "train.epochs=3"])), job.RunContext(out_dir=cut, resume=True))
+    run.train(config.validate(compose_cfg([*overrides, "train.epochs=1", "ledger.keep_checkpoint=true"])), None, cut)
+    assert (cut / store.CHECKPOINT).is_file()
+    resumed = run.train(config.validate(compose_cfg([*overrides, "train.epochs=3"])), None, cut, resume=True)
 
     assert resumed["resumed_from_epoch"] == 1
     strip = lambda m: {k: v for k, v in m.items() if k not in TIMING}  # noqa: E731
     assert strip(resumed["metrics"]) == strip(full["metrics"])
     assert [strip(h) for h in resumed["history"]] == [strip(h) for h in full["history"]]
-    assert not (cut / ledger.CHECKPOINT).exists()  # removed once the run completed
+    assert not (cut / store.CHECKPOINT).exists()  # removed once the run completed
 
 
 def test_an_unreadable_checkpoint_means_training_from_scratch(compose_cfg, tmp_path):
     overrides = [*TINY, "runtime.device=cpu", "train.epochs=2"]
-    fresh = job.run(config.validate(compose_cfg(overrides)), job.RunContext(out_dir=tmp_path / "a"))
+    fresh = run.train(config.validate(compose_cfg(overrides)), None, tmp_path / "a")
     broken = tmp_path / "b"
     broken.mkdir()
-    (broken / ledger.CHECKPOINT).write_bytes(b"not a checkpoint")
-    rerun = job.run(config.validate(compose_cfg(overrides)), job.RunContext(out_dir=broken, resume=True))
+    (broken / store.CHECKPOINT).write_bytes(b"not a checkpoint")
+    rerun = run.train(config.validate(compose_cfg(overrides)), None, broken, resume=True)
     assert rerun["resumed_from_epoch"] is None
     assert rerun["metrics"]["test/acc"] == fresh["metrics"]["test/acc"]
     assert rerun["history"][-1]["train/loss"] == fresh["history"][-1]["train/loss"]
 
 
 def test_the_lock_holder_sees_a_running_record_as_its_own_to_resume(tmp_path):
-    entry = ledger.Store(tmp_path).entry("abc")
+    entry = store.Entry(tmp_path / "abc")
     entry.dir.mkdir()
     entry.record_path.write_text(json.dumps({"status": "running"}))
     with entry.lock():

@@ -59,9 +59,10 @@ def test_packed_equals_padded_for_any_lengths_with_correct_pooling(arch, layers,
 @pytest.mark.parametrize(
     "arch,layers,bi,pooling,packed",
     [
-        *itertools.product(RECURRENT, (1, 2), (False, True), ("last", "mean", "max"), (False, True)),
+        *itertools.product(RECURRENT, (1, 2), (False, True), ("last", "mean", "max", "attention"), (False, True)),
         ("bow", 1, False, "mean", False),
         ("bow", 1, False, "max", False),
+        ("bow", 1, False, "attention", False),
     ],
 )
 def test_appending_padding_changes_no_logit(arch, layers, bi, pooling, packed):
@@ -111,5 +112,22 @@ def test_gradients_reach_both_directions_of_a_padded_bidirectional_stack():
 
 
 def test_bow_refuses_recurrent_pooling():
-    with pytest.raises(ValueError, match="mean or max"):
-        TextClassifier(VOCAB, CLASSES, arch="bow", pooling="last")
+    with pytest.raises(ValueError, match="mean, max, attention"):
+        TextClassifier(VOCAB, CLASSES, arch="bow", embed_dim=6, hidden_dim=5, pooling="last")
+
+
+def test_attention_pooling_learns_its_weights_and_sees_only_real_tokens():
+    model = make("gru", pooling="attention", bidirectional=True)
+    ids, lengths = batch([5, 2, 4])
+    x = model.embedding(ids)
+    out = model._bidirectional_padded(x, lengths)
+    mask = ids != 0
+    attention = model.attention
+    scores = attention.context(torch.tanh(attention.project(out))).squeeze(2).masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=1)
+    assert torch.all(weights[~mask] == 0) and torch.allclose(weights.sum(1), torch.ones(3, dtype=weights.dtype))
+    # Its parameters train: they get gradients, and they are the model's own.
+    model.train()
+    model(ids, lengths).sum().backward()
+    assert attention.project.weight.grad.abs().sum() > 0 and attention.context.weight.grad.abs().sum() > 0
+    assert {"attention.project.weight", "attention.context.weight"} <= dict(model.named_parameters()).keys()

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from conftest import TINY
-from rnnsweep import config, job
+from rnnsweep import config, run
 from rnnsweep.data.batches import Batch
 from rnnsweep.train import fit, macro_f1
 
 TIMING = {"wall_s", "train/examples_per_s", "train/seconds"}
 
 
-def run(compose_cfg, out_dir, overrides):
-    return job.run(config.validate(compose_cfg([*TINY, *overrides])), job.RunContext(out_dir=out_dir))
+def train_tiny(compose_cfg, out_dir, overrides):
+    return run.train(config.validate(compose_cfg([*TINY, *overrides])), None, out_dir)
 
 
 def without_timing(record):
@@ -30,16 +30,16 @@ def test_same_config_and_seed_give_identical_metrics(compose_cfg, tmp_path, extr
     # Promised on the CPU; CUDA's embedding backward accumulates with atomics, in any order.
     extra = ["runtime.device=cpu", *extra]
     overrides = ["train.epochs=2", "seed=3", *extra]
-    a = run(compose_cfg, tmp_path / "a", overrides)
-    b = run(compose_cfg, tmp_path / "b", overrides)
+    a = train_tiny(compose_cfg, tmp_path / "a", overrides)
+    b = train_tiny(compose_cfg, tmp_path / "b", overrides)
     assert a["status"] == b["status"] == "completed"
     assert without_timing(a) == without_timing(b)
-    c = run(compose_cfg, tmp_path / "c", ["train.epochs=2", "seed=4", *extra])
+    c = train_tiny(compose_cfg, tmp_path / "c", ["train.epochs=2", "seed=4", *extra])
     assert without_timing(c) != without_timing(a)  # the seed is not ignored
 
 
 def test_record_holds_what_a_report_needs(compose_cfg, tmp_path):
-    rec = run(compose_cfg, tmp_path, ["train.epochs=2"])
+    rec = train_tiny(compose_cfg, tmp_path, ["train.epochs=2"])
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(rec))
     assert on_disk["status"] == "completed"
@@ -53,7 +53,7 @@ def test_record_holds_what_a_report_needs(compose_cfg, tmp_path):
 
 
 def test_nan_loss_ends_the_run_as_diverged(compose_cfg, tmp_path):
-    rec = run(compose_cfg, tmp_path, ["model=bow", "optimizer=sgd", "optimizer.lr=1e10", "train.grad_clip=null", "logger.log_every=1"])
+    rec = train_tiny(compose_cfg, tmp_path, ["model=bow", "optimizer=sgd", "optimizer.lr=1e10", "train.grad_clip=null", "logger.log_every=1"])
     assert rec["status"] == "diverged"
     assert "training loss became" in rec["error"]["message"]
     assert "test/acc" not in rec["metrics"]
@@ -62,8 +62,8 @@ def test_nan_loss_ends_the_run_as_diverged(compose_cfg, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA to fail")
 def test_an_exception_is_recorded_as_failed_with_its_traceback(compose_cfg, tmp_path):
-    with pytest.raises(job.RunFailed, match="no CUDA device"):
-        run(compose_cfg, tmp_path, ["runtime.device=cuda"])
+    with pytest.raises(run.RunFailed, match="no CUDA device"):
+        train_tiny(compose_cfg, tmp_path, ["runtime.device=cuda"])
     rec = json.loads((tmp_path / "metrics.json").read_text())
     assert rec["status"] == "failed"
     assert "Traceback" in rec["error"]["traceback"] and rec["error"]["type"] == "RuntimeError"

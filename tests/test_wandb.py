@@ -10,7 +10,7 @@ import torch
 import wandb
 
 from conftest import TINY
-from rnnsweep import config, job, wandb_mode
+from rnnsweep import config, run, store, tracking
 from wandb_records import read_offline_run
 
 
@@ -28,28 +28,26 @@ def offline_runs(out_dir: Path):
 
 def test_offline_run_holds_config_history_and_summary(compose_cfg, tmp_path, no_wandb_account):
     cfg = compose_cfg([*TINY, "logger=wandb", "train.epochs=2", "logger.log_every=2", "seed=5"])
-    ctx = job.RunContext(
-        out_dir=tmp_path, name="model=lstm,seed=5", group="sweep-x", job_type="sweep",
-        choices={"model": "lstm", "batching": "padded"},
-    )
-    record = job.run(config.validate(cfg), ctx)
+    job = run.Job(dir=tmp_path, name="model=lstm,seed=5", sweep="sweep", choices={"model": "lstm", "batching": "padded"})
+    identity = store.Identity(run_id="0123456789abcdef", group_id="fedcba9876543210")
+    record = run.train(config.validate(cfg), job, tmp_path, identity=identity)
 
     (run_dir,) = offline_runs(tmp_path)
-    run = read_offline_run(run_dir)
-    assert record["wandb"]["id"] == run.run_id and record["wandb"]["mode"] == "offline"
-    assert (run.name, run.group, run.job_type) == ("model=lstm,seed=5", "sweep-x", "sweep")
-    assert {"model:lstm", "batching:padded"} <= set(run.tags)
-    assert run.config["seed"] == 5 and run.config["model"]["arch"] == "lstm"
-    assert run.config["optimizer"] == record["config"]["optimizer"]
+    offline = read_offline_run(run_dir)
+    assert record["wandb"]["id"] == offline.run_id == identity.run_id and record["wandb"]["mode"] == "offline"
+    assert (offline.name, offline.group, offline.job_type) == ("model=lstm,seed=5", "lstm-padded-fedcba98", "sweep")
+    assert {"model:lstm", "batching:padded"} <= set(offline.tags)
+    assert offline.config["seed"] == 5 and offline.config["model"]["arch"] == "lstm"
+    assert offline.config["optimizer"] == record["config"]["optimizer"]
     for key in ("test/acc", "test/macro_f1", "val/acc", "train/loss", "params"):
-        assert run.summary[key] == pytest.approx(record["metrics"][key]), key
-    assert run.summary["status"] == "completed" and run.exit_code == 0
-    epochs = [h for h in run.history if "val/acc" in h]
+        assert offline.summary[key] == pytest.approx(record["metrics"][key]), key
+    assert offline.summary["status"] == "completed" and offline.exit_code == 0
+    epochs = [h for h in offline.history if "val/acc" in h]
     assert [h["epoch"] for h in epochs] == [1, 2]
     assert epochs[-1]["val/acc"] == pytest.approx(record["history"][-1]["val/acc"])
-    assert any("train/loss" in h and "val/acc" not in h for h in run.history)  # step-level logs
+    assert any("train/loss" in h and "val/acc" not in h for h in offline.history)  # step-level logs
     # The environment's packages, for W&B's Files tab, listed once per process and uploaded at the end.
-    assert "requirements.txt" in run.files
+    assert "requirements.txt" in offline.files
     packages = (run_dir / "files" / "requirements.txt").read_text().splitlines()
     assert f"torch=={torch.__version__}" in packages and f"wandb=={wandb.__version__}" in packages
 
@@ -58,8 +56,8 @@ def test_offline_run_holds_config_history_and_summary(compose_cfg, tmp_path, no_
 def test_a_failed_run_still_closes_its_wandb_run_as_failed(compose_cfg, tmp_path, no_wandb_account):
     # The failure happens before the tracker opens: the record says failed and no W&B run dangles.
     cfg = compose_cfg([*TINY, "logger=wandb", "runtime.device=cuda"])
-    with pytest.raises(job.RunFailed):
-        job.run(config.validate(cfg), job.RunContext(out_dir=tmp_path))
+    with pytest.raises(run.RunFailed):
+        run.train(config.validate(cfg), None, tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
     assert offline_runs(tmp_path) == []
 
@@ -67,27 +65,27 @@ def test_a_failed_run_still_closes_its_wandb_run_as_failed(compose_cfg, tmp_path
 def test_diverged_run_is_finished_with_its_status(compose_cfg, tmp_path, no_wandb_account):
     cfg = compose_cfg([*TINY, "logger=wandb", "model=bow", "optimizer=sgd", "optimizer.lr=1e10",
                        "train.grad_clip=null", "logger.log_every=1"])
-    record = job.run(config.validate(cfg), job.RunContext(out_dir=tmp_path))
+    record = run.train(config.validate(cfg), None, tmp_path)
     (run_dir,) = offline_runs(tmp_path)
-    run = read_offline_run(run_dir)
-    assert record["status"] == "diverged" == run.summary["status"]
-    assert run.exit_code == 0  # a finished experiment with a finding, not a crash
+    offline = read_offline_run(run_dir)
+    assert record["status"] == "diverged" == offline.summary["status"]
+    assert offline.exit_code == 0  # a finished experiment with a finding, not a crash
 
 
 def test_mode_follows_explicit_setting_then_env_then_key(monkeypatch, tmp_path, no_wandb_account):
-    assert wandb_mode.resolve_wandb_mode("auto") == ("offline", "W&B: no API key configured, logging offline")
+    assert tracking.resolve_wandb_mode("auto") == ("offline", "W&B: no API key configured, logging offline")
     netrc = tmp_path / "netrc"
     netrc.write_text("machine api.wandb.ai\n  login user\n  password 0123456789\n")
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
-    assert wandb_mode.resolve_wandb_mode("auto") == ("online", None)
+    assert tracking.resolve_wandb_mode("auto") == ("online", None)
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert wandb_mode.resolve_wandb_mode("auto") == ("disabled", None)
-    assert wandb_mode.resolve_wandb_mode("offline") == ("offline", None)
+    assert tracking.resolve_wandb_mode("auto") == ("disabled", None)
+    assert tracking.resolve_wandb_mode("offline") == ("offline", None)
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert wandb_mode.resolve_wandb_mode("auto") == ("online", None)
+    assert tracking.resolve_wandb_mode("auto") == ("online", None)
 
 
 def test_an_empty_wandb_mode_means_unset_and_an_unknown_one_is_one_line(tmp_path):

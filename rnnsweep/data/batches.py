@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..numba_math import JIT
+from ..fast.numba_math import JIT
 from .encoded import EncodedTexts
 from .tokenization import PAD_ID
 

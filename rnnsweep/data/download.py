@@ -27,12 +27,20 @@ class DownloadError(DataError):
     """A download that failed or did not match its checksum; the message says what to do."""
 
 
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
+_MD5S: dict[tuple[str, int, int], str] = {}
+
+
+def file_md5(path: Path) -> str:
+    """MD5 of a file, remembered per (path, size, mtime) for the life of the process."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _MD5S:
+        digest = hashlib.md5()
+        with open(path, "rb") as f:
+            while block := f.read(CHUNK):
+                digest.update(block)
+        _MD5S[key] = digest.hexdigest()
+    return _MD5S[key]
 
 
 def fetch(url: str, dest: Path, *, md5: str | None, progress: bool = True, timeout: float = 60.0) -> Path:
@@ -44,7 +52,7 @@ def fetch(url: str, dest: Path, *, md5: str | None, progress: bool = True, timeo
         part = Path(str(dest) + ".part")
         _transfer(url, part, progress=progress, timeout=timeout)
         if md5 is not None:
-            got = md5sum(part)
+            got = file_md5(part)
             if got != md5:
                 part.unlink()
                 raise DownloadError(

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 from filelock import FileLock
 from ..progress import tqdm
-
+from ..store import digest
 from .encoded import EncodedTexts
 from .readers import DataError
 from .sources import RawData
@@ -44,10 +44,10 @@ class Source(Protocol):
 
 @dataclass(frozen=True)
 class SplitOptions:
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1  # carved from train only when the source has no test split
+    val_fraction: float
+    seed: int
+    test_fraction: float | None = None  # carved from train; only for a source without a test split
     limit: int | None = None  # at most this many train rows and test rows (stratified), for quick runs
-    seed: int = 1234
 
 
 @dataclass(frozen=True)
@@ -72,19 +72,6 @@ class Splits:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-    def tokens(self) -> list[str]:
-        """The vocabulary, id -> token."""
-        assert self.directory is not None
-        if (self.directory / "vocab.json").is_file():
-            return json.loads((self.directory / "vocab.json").read_text())
-        vocab = json.loads((self.directory / "tokenizer.json").read_text())["model"]["vocab"]
-        return [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-
-
-def digest(payload: Any) -> str:
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def data_fingerprint(source: Source, split: SplitOptions) -> str:
@@ -151,6 +138,8 @@ def _split_rows(raw: RawData, split: SplitOptions) -> tuple[list[str], dict[str,
     labels = np.asarray(raw.train_labels, dtype=np.int64)
     pool = _limited(labels, split.limit, split.seed + 2)
     if raw.test_texts is None:
+        if split.test_fraction is None:
+            raise DataError("the data has no test split of its own; set data.test_fraction")
         keep, test_pos = stratified_split(labels[pool], split.test_fraction, split.seed + 1)
         pool_test, pool = pool[test_pos], pool[keep]
     keep, val_pos = stratified_split(labels[pool], split.val_fraction, split.seed)

@@ -7,7 +7,6 @@ tokenizing and caching are the same for every source (`pipeline`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -15,13 +14,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import synthetic
-from .download import DownloadError, fetch
+from .download import DownloadError, fetch, file_md5
 from .readers import DataError, Rows, check_file, detect_format, map_labels, read_table
 
 log = logging.getLogger(__name__)
 
 # Bump when reading changes what the same files yield (parsing, cleaning): it is part of the
-# data fingerprint, so neither the ledger nor the cache reuse what the old reader produced.
+# data fingerprint, so neither the run store nor the cache reuse what the old reader produced.
 READER_VERSION = "1"
 
 
@@ -37,22 +36,6 @@ class RawData:
     label_mapping: dict[str, int] | None = None  # raw label -> index, for files with their own labels
     dropped_empty: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-
-
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_md5(path: Path) -> str:
-    """MD5 of a file, remembered per (path, size, mtime) for the life of the process."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        digest = hashlib.md5()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
 
 
 def default_cache_dir() -> Path:
@@ -78,18 +61,15 @@ class Synthetic:
         return RawData(train_texts, train_labels, test_texts, test_labels, list(synthetic.CLASS_NAMES))
 
 
-# What torchtext's AG_NEWS used: the CharCnn_Keras copy, its checksums and row counts.
-AG_NEWS_URLS = {
-    "train": "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv/train.csv",
-    "test": "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv/test.csv",
-}
-AG_NEWS_MD5 = {"train": "b1a00f826fdfbd249f79597b59e1dc12", "test": "d52ea96a97a2d943681189a97654912d"}
+# The canonical splits' sizes and classes (where the files come from and their checksums:
+# conf/data/ag_news.yaml).
 AG_NEWS_ROWS = {"train": 120_000, "test": 7_600}
 AG_NEWS_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
 
 
 class AgNews:
-    """`train.csv` / `test.csv` in the original layout (class 1-4, title, description)."""
+    """`train.csv` / `test.csv` in the original layout (class 1-4, title, description); `md5`: the
+    canonical files' checksums, which downloads must match and files found in `root` are compared with."""
 
     def __init__(self, *, root: Path, download: bool, urls: dict[str, str], md5: dict[str, str], clean: bool,
                  drop_empty: bool):
@@ -129,8 +109,8 @@ class AgNews:
             if total != AG_NEWS_ROWS[split]:
                 warnings.append(f"{path}: {total} rows, the canonical AG News {split} split has "
                                 f"{AG_NEWS_ROWS[split]} (a subset or another copy?)")
-            elif file_md5(path) != AG_NEWS_MD5[split]:
-                warnings.append(f"{path}: MD5 {file_md5(path)} differs from the canonical {AG_NEWS_MD5[split]}")
+            elif file_md5(path) != self.md5[split]:
+                warnings.append(f"{path}: MD5 {file_md5(path)} differs from the canonical {self.md5[split]}")
             files.append(rows)
         train, test = map_labels(files, classes=AG_NEWS_CLASSES, offset=1)
         return RawData(files[0].texts, train.indices, files[1].texts, test.indices, AG_NEWS_CLASSES,

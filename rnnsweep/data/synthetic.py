@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 
 # Bump when a change alters the texts generated for the same arguments: it is part of every
-# run's identity, so the ledger will not reuse results computed on the old texts.
+# run's identity, so the run store will not reuse results computed on the old texts.
 GENERATOR_VERSION = "2"
 
 CLASS_NAMES = ("World", "Sports", "Business", "Sci/Tech")

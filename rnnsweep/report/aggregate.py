@@ -6,12 +6,11 @@ import math
 
 import pandas as pd
 
-from ..ledger import is_result_key
+from ..store import CHOICE_ORDER, is_result_key
 from .records import METRICS
 
-# Choices are read before raw config keys, in this order; a column that the columns already
+# Choices (in CHOICE_ORDER) are read before raw config keys; a column that the columns already
 # chosen determine (model.arch once `model` is a column) adds nothing and is left out.
-CHOICE_ORDER = ("experiment", "lesson", "data", "model", "batching", "topology", "optimizer")
 
 # Two-sided 95% critical values of Student's t for 1..30 degrees of freedom.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,

@@ -13,10 +13,9 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from ..ledger import RECORD as RECORD_NAME
+from ..store import RECORD as RECORD_NAME
 
 METRICS = ("test/acc", "test/macro_f1", "val/acc", "params", "train/seconds", "train/examples_per_s", "wall_s")
-TIMING = ("train/seconds", "train/examples_per_s", "wall_s")
 
 
 class ReportError(ValueError):

@@ -28,7 +28,6 @@ COLUMNS = (
     Column("train/seconds", "train time (s)", 1, 1),
     Column("train/examples_per_s", "examples/s", 1, 0),
 )
-TIMING_TITLES = ("train time (s)", "examples/s")
 
 
 def _num(x: float, decimals: int) -> str:
@@ -65,11 +64,10 @@ def footnote(runs: pd.DataFrame) -> str:
     return note
 
 
-def markdown(agg: pd.DataFrame, keys: list[str], runs: pd.DataFrame, timing: bool = True) -> str:
-    cols = [c for c in COLUMNS if timing or c.title not in TIMING_TITLES]
-    header = [*keys, "n", *(c.title for c in cols)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(keys) + ["---:"] * (len(cols) + 1)) + "|"]
-    cells = [_cells(agg, c) for c in cols]
+def markdown(agg: pd.DataFrame, keys: list[str], runs: pd.DataFrame) -> str:
+    header = [*keys, "n", *(c.title for c in COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(keys) + ["---:"] * (len(COLUMNS) + 1)) + "|"]
+    cells = [_cells(agg, c) for c in COLUMNS]
     for i in range(len(agg)):
         row = [str(agg.iloc[i][k]) for k in keys] + [str(int(agg.iloc[i]["n"]))]
         for col_cells in cells:
@@ -116,13 +114,12 @@ def latex(agg: pd.DataFrame, keys: list[str], runs: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def groups_csv(agg: pd.DataFrame, timing: bool = True) -> str:
-    drop = [] if timing else [c for c in agg if c.split(":")[0] in ("train/seconds", "train/examples_per_s", "wall_s")]
-    return agg.drop(columns=drop).to_csv(index=False, float_format="%.10g")
+def groups_csv(agg: pd.DataFrame) -> str:
+    return agg.to_csv(index=False, float_format="%.10g")
 
 
-def runs_csv(runs: pd.DataFrame, keys: list[str], timing: bool = True) -> str:
-    metric_cols = [f"metric:{m}" for m in METRICS if timing or m not in ("train/seconds", "train/examples_per_s", "wall_s")]
+def runs_csv(runs: pd.DataFrame, keys: list[str]) -> str:
+    metric_cols = [f"metric:{m}" for m in METRICS]
     cols = ["run", "status", *keys, "cfg:seed", *metric_cols, "env:git_commit", "env:rnnsweep", "env:torch",
             "data:fingerprint", "path"]
     table = runs[[c for c in cols if c in runs]].copy()

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..wandb_mode import resolve_wandb_mode
+from ..tracking import resolve_wandb_mode
 from .builder import Report
 
 log = logging.getLogger(__name__)

@@ -1,22 +1,26 @@
-"""Run identity and the run store: what is done, what to skip, what to resume.
+"""The run store: run identity, result records, and the one way rnnsweep writes a file.
 
-A run's identity is a hash of everything that can change its result — the resolved config minus
-the keys that cannot (logging, progress, threads, the ledger's own settings), plus the data
+A run's identity is a hash of everything that can change its result: the resolved config minus
+the keys that cannot (logging, progress, threads, the store's own settings), plus the data
 fingerprint and the package version. Every sweep and launcher shares one store,
 `<store>/<id>/`, holding the run's result record, its epoch checkpoint and its W&B files, so a
 sweep launched again finds what earlier sweeps finished, whatever Hydra named their directories.
 
 A file lock per entry (`filelock`, an OS lock that dies with its process) tells a run in
 progress from one that was cut: a cut run's lock is free, its checkpoint resumes it.
+
+Torch-free: the report and the process that ends a sweep read records through this module.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 from filelock import FileLock, Timeout
 
@@ -30,6 +34,39 @@ NON_RESULT_KEYS = ("logger", "runtime.threads", "runtime.compiled_rnn", "runtime
 RECORD = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
 LOCK = ".lock"
+
+# The config groups a record names its choices by, in the order people read them (W&B group
+# names, report columns).
+CHOICE_ORDER = ("experiment", "lesson", "data", "model", "batching", "topology", "optimizer")
+
+
+def digest(payload: Any) -> str:
+    """16 hex digits of SHA-256 over `payload` as canonical JSON: identities and cache keys."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write `path` whole or not at all: `write` fills a temporary file beside it, which is synced
+    and renamed over `path`. A reader (another job, a report, a resumed run) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from the rest of a shared group
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    text = json.dumps(payload, indent=2, allow_nan=True) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def is_result_key(dotted: str) -> bool:
@@ -47,22 +84,24 @@ def _without(config: dict[str, Any], dotted: tuple[str, ...], prefix: str = "") 
     return out
 
 
-def _digest(payload: Any) -> str:
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class Identity:
+    """A run's id, and its group id: the same hash without the seed, so repeats share it."""
+
+    run_id: str
+    group_id: str
 
 
-def run_identity(config: dict[str, Any], data_fingerprint: str) -> tuple[str, str]:
-    """(run id, group id): the group id is the same hash without the seed, so repeats share it."""
+def run_identity(config: dict[str, Any], data_fingerprint: str) -> Identity:
     core = _without(config, NON_RESULT_KEYS)
     payload = {"config": core, "data": data_fingerprint, "rnnsweep": __version__}
     group_payload = {**payload, "config": _without(core, ("seed",))}
-    return _digest(payload), _digest(group_payload)
+    return Identity(digest(payload), digest(group_payload))
 
 
 @dataclass
 class Entry:
-    """One run's place in the store."""
+    """One run's place in the store: `<store>/<run id>/`."""
 
     dir: Path
 
@@ -75,10 +114,7 @@ class Entry:
         return self.dir / CHECKPOINT
 
     def record(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.record_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        return read_record(self.record_path)
 
     def status(self, holding_lock: bool = False) -> str:
         """completed / diverged / failed / interrupted (cut, resumable or not) / running / new.
@@ -109,26 +145,30 @@ class Entry:
         return False
 
 
-class Store:
-    def __init__(self, root: Path):
-        self.root = Path(root)
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The result record at `path`, or None when there is none or it cannot be read."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
-    def entry(self, run_id: str) -> Entry:
-        return Entry(self.root / run_id)
+
+def write_record(directory: Path, record: dict[str, Any]) -> Path:
+    return write_json(directory / RECORD, record)
 
 
-# What a job does, given its entry's status (and whether the user forces a retrain).
+# What a job does, given its entry's status, when the user does not force a retrain.
 ACTIONS = {
     "new": "train",
     "completed": "skip",
     "diverged": "skip",  # a finding, not an accident: rerunning gives the same NaN
     "failed": "train",
     "interrupted": "resume",
-    "running": "busy",
 }
 
 
 def decide(status: str, force: bool, has_checkpoint: bool) -> str:
+    """train / resume / skip / busy (another process is running it)."""
     if status == "running":
         return "busy"
     if force:

@@ -1,4 +1,4 @@
-"""Adam for an embedding table, exactly, without touching every row at every step.
+"""The row loops of Adam for an embedding table: exact (deferred) Adam and lazy Adam.
 
 With a zero gradient, Adam still moves a row: its moments decay and the parameter takes a step
 along them. Dense Adam pays for that by reading and writing the whole table (parameter, gradient,
@@ -16,22 +16,20 @@ as fused and for-loop Adam agree with each other.
 The loops are compiled by numba (see numba_math): they run over a few hundred rows per step,
 element by element, which is exactly what Python and whole-tensor torch ops are bad at. Rows are
 independent, so the loops over them are split over numba's threads (cpu_rnn.set_threads).
+The optimizers that drive these loops are in optimizers.py.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import torch
-
 from numba import prange
 
 from .numba_math import JIT as _jit
 from .numba_math import PARALLEL_JIT as _parallel
 from .numba_math import sqrt as _sqrt
-from .optim import AdamMoments, DenseAdam, RowAdam
 
 # Below this |update| / |weight|, float32 round-to-nearest leaves the weight unchanged (half an ulp).
 _HALF_ULP = np.float32(2.0**-25)
@@ -83,7 +81,7 @@ def _replay(p, m, v, r, first, last, lr, b1, b2, eps, decay, may_stop):
 
 
 @_parallel
-def _catch_up(p, m, v, current, ids, step, lr, b1, b2, eps, decay, may_stop):
+def catch_up(p, m, v, current, ids, step, lr, b1, b2, eps, decay, may_stop):
     """Bring every row named in `ids` (repeats allowed) up to `step`."""
     stale = np.empty(ids.shape[0], dtype=np.int64)
     first = np.empty(ids.shape[0], dtype=np.int64)
@@ -100,7 +98,7 @@ def _catch_up(p, m, v, current, ids, step, lr, b1, b2, eps, decay, may_stop):
 
 
 @_parallel
-def _catch_up_all(p, m, v, current, step, lr, b1, b2, eps, decay, may_stop):
+def catch_up_all(p, m, v, current, step, lr, b1, b2, eps, decay, may_stop):
     for r in prange(p.shape[0]):
         if current[r] < step:
             _replay(p, m, v, r, current[r] + 1, step, lr, b1, b2, eps, decay, may_stop)
@@ -158,121 +156,3 @@ def gradient_rows(grad: torch.Tensor, slot: np.ndarray) -> tuple[np.ndarray, np.
     """(rows, summed values) of a float32 CPU sparse gradient. An embedding's backward leaves one
     entry per looked-up token; coalescing them costs a sort, a third of a small model's optimizer step."""
     return _merge_rows(grad._indices()[0].numpy(), grad._values().contiguous().numpy(), slot)
-
-
-@functools.cache
-def warm_up(lazy: bool) -> None:
-    """A few steps of deferred Adam (or, `lazy`, of sparse_adam's row loop) on a tiny table, so that
-    numba compiles or loads its loops here rather than inside a run's timed epoch."""
-    with torch.random.fork_rng(devices=[]):  # the run's own random stream stays where it was
-        table = torch.nn.Embedding(4, 2, sparse=True)
-    if lazy:
-        opt = RowAdam(list(table.parameters()), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
-    else:
-        opt = DeferredAdam([table], [], lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
-    for ids in ([[1, 2, 1]], [[3]], [[1, 3]]):  # a repeated row, and rows that miss steps
-        table(torch.tensor(ids)).sum().backward()
-        opt.step()
-        opt.zero_grad()
-    if not lazy:
-        opt.flush()
-
-
-class DeferredAdam(AdamMoments):
-    """Adam or AdamW: exact, deferred for the sparse-gradient embeddings, fused for the rest.
-
-    The embeddings must be `nn.Embedding(sparse=True)` on the CPU. A forward pre-hook brings the
-    rows a batch looks up up to date before the lookup; a state-dict pre-hook brings every row up
-    to date before the weights are read out; `flush()` does the same on demand.
-    """
-
-    def __init__(self, embeddings: list[torch.nn.Embedding], dense: list[torch.nn.Parameter], *, lr: float,
-                 betas, eps: float, weight_decay: float = 0.0, decoupled: bool = False, impl: dict | None = None):
-        if weight_decay and not decoupled:
-            raise ValueError("deferred Adam cannot replay L2 weight decay (every row has a gradient); use adamw")
-        b1, b2 = (float(b) for b in betas)
-        self.dense = DenseAdam(dense, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay,
-                               decoupled=decoupled, impl=impl if impl is not None else {"fused": True}) if dense else None
-        self.weights = [e.weight for e in embeddings]
-        for w in self.weights:
-            if w.device.type != "cpu" or w.dtype != torch.float32:
-                raise ValueError("deferred Adam runs on float32 CPU embeddings")
-        self.sparse_group = {"params": self.weights, "lr": lr, "betas": (b1, b2), "eps": eps,
-                             "weight_decay": weight_decay}
-        self.param_groups = [self.sparse_group, *(self.dense.param_groups if self.dense else [])]
-        self.defaults = {"lr": lr}
-        self.step_count = 0
-        self.exp_avg = [torch.zeros_like(w) for w in self.weights]
-        self.exp_avg_sq = [torch.zeros_like(w) for w in self.weights]
-        # Per row: the step whose update it already has.
-        self.current = [np.zeros(w.shape[0], dtype=np.int64) for w in self.weights]
-        self._slots = [np.full(w.shape[0], -1, dtype=np.int64) for w in self.weights]
-        self._lr = lr
-        for i, emb in enumerate(embeddings):
-            # The newest optimizer owns the table: hooks an earlier one left behind do nothing.
-            emb._deferred_adam = self
-            emb.register_forward_pre_hook(self._lookup_hook(i))
-            emb.register_state_dict_pre_hook(lambda module, *_: module._deferred_adam is self and self.flush())
-
-    def _scalars(self) -> tuple:
-        g = self.sparse_group
-        b1, b2 = g["betas"]
-        decay = 1.0 - self._lr * g["weight_decay"]
-        # The early stop relies on updates that shrink from step to step: true when beta1 < sqrt(beta2).
-        return self._lr, b1, b2, g["eps"], decay, b1 < math.sqrt(b2)
-
-    def _sync_lr(self) -> None:
-        """A changed learning rate applies from the next step on: replay the missed ones at the old rate first."""
-        if self.sparse_group["lr"] != self._lr:
-            self.flush()
-            self._lr = self.sparse_group["lr"]
-
-    def _arrays(self, i: int) -> tuple:
-        return self.weights[i].detach().numpy(), self.exp_avg[i].numpy(), self.exp_avg_sq[i].numpy(), self.current[i]
-
-    def _lookup_hook(self, i: int):
-        def hook(module, args):
-            if self.step_count and module._deferred_adam is self:
-                self._sync_lr()
-                ids = args[0].detach().reshape(-1).numpy()
-                _catch_up(*self._arrays(i), ids, self.step_count, *self._scalars())
-        return hook
-
-    def flush(self) -> None:
-        """Bring every row up to the last step (before anything reads whole tables)."""
-        if self.step_count:
-            for i in range(len(self.weights)):
-                _catch_up_all(*self._arrays(i), self.step_count, *self._scalars())
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for w in self.weights:
-            w.grad = None
-        if self.dense:
-            self.dense.zero_grad(set_to_none)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        self._sync_lr()
-        self.step_count += 1
-        for i, w in enumerate(self.weights):
-            if w.grad is None:
-                continue
-            if not w.grad.is_sparse:
-                raise ValueError("deferred Adam needs nn.Embedding(sparse=True)")
-            rows, values = gradient_rows(w.grad, self._slots[i])
-            adam_rows(*self._arrays(i), rows, values, self.step_count, *self._scalars())
-        if self.dense:
-            self.dense.step()
-
-    def state_dict(self) -> dict:
-        self.flush()  # every row current: the state is plain Adam's
-        return {"step": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq,
-                "dense": self.dense.state_dict() if self.dense else {}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step_count = int(state["step"])
-        self._load_moments(state)
-        for current in self.current:
-            current.fill(self.step_count)
-        if self.dense:
-            self.dense.load_state_dict(state["dense"])

@@ -12,7 +12,7 @@ elements per call, so eight lanes per instruction decide their speed:
   `PARALLEL_JIT` the same, with numba's parallel loops (`prange`).
 
 numba's disk cache is keyed by each kernel's own source file, not by the helpers it inlines from
-here: after editing this module, delete `rnnsweep/__pycache__/*.nb[ic]` (an installed release
+here: after editing this module, delete `rnnsweep/fast/__pycache__/*.nb[ic]` (an installed release
 is recompiled anyway, its files being new).
 """
 
@@ -29,6 +29,7 @@ PARALLEL_JIT = njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 # Helpers inlined into the loops that call them (numba IR inlining: the caller is compiled as one piece).
 INLINE_JIT = njit(cache=True, nogil=True, error_model="numpy", inline="always")
 F = np.float32
+ONE = F(1.0)  # a global: numba compiles it in as a float32 constant
 
 
 @intrinsic

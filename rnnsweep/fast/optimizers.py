@@ -1,9 +1,12 @@
-"""Optimizers: torch's Adam/AdamW/SGD, and the embedding-gradient paths that make Adam cheap on a CPU.
+"""Adam for a model whose largest tensor is its embedding table, and torch's other optimizers.
 
-A recurrent text classifier's largest tensor by far is its embedding table, and a batch uses a few
-hundred of its rows. Dense Adam nonetheless reads and writes the whole table every step. The
-paths here keep Adam's semantics and avoid that cost (`scattered`, `deferred`), or change the
-algorithm to lazy Adam on request (`sparse_adam`).
+A recurrent text classifier's embedding table is its largest tensor by far, and a batch uses a
+few hundred of its rows. Dense Adam nonetheless reads and writes the whole table every step. The
+optimizers here keep Adam's semantics and avoid that cost (`scattered`, `deferred`), or change
+the algorithm to lazy Adam on request (`sparse_adam`).
+
+Every optimizer `make_optimizer` returns is a `torch.optim.Optimizer`, so torch's learning-rate
+schedulers drive them; each reads its learning rate from its `param_groups` at every step.
 """
 
 from __future__ import annotations
@@ -11,9 +14,33 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from collections import OrderedDict, defaultdict
 
 import numpy as np
 import torch
+
+from .row_adam import catch_up, catch_up_all, adam_rows, gradient_rows
+
+
+class FastOptimizer(torch.optim.Optimizer):
+    """The base of rnnsweep's own optimizers: a `torch.optim.Optimizer` (what lr schedulers and
+    type checks ask for) that keeps its own state.
+
+    `Optimizer.__init__` is not called: its `add_param_group` imports `torch._dynamo`, which takes
+    as long as importing torch itself, in every process that trains (each job of a SLURM array,
+    each parallel worker, each single run), and it wraps `step` in profiler hooks that these
+    optimizers have no use for. What the base class's other methods read is set here."""
+
+    def _init_groups(self, param_groups: list[dict], defaults: dict) -> None:
+        self.defaults = defaults
+        self.param_groups = param_groups
+        self.state = defaultdict(dict)
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
 
 
 def _adam_impl(impl: str, params: list[torch.nn.Parameter]) -> dict[str, bool]:
@@ -43,7 +70,7 @@ def _functional_adam(decoupled: bool):
     return adam.adam
 
 
-class AdamMoments:
+class AdamMoments(FastOptimizer):
     """What rnnsweep's own Adam variants share: Adam's two moments for each of their tensors."""
 
     params: list[torch.nn.Parameter]
@@ -64,16 +91,13 @@ class DenseAdam(AdamMoments):
     kernels (`torch.optim.adam.adam`, fused or foreach as `impl` says, or the fused kernel itself),
     hence the same numbers, with Adam's state kept here.
 
-    Why not torch.optim.Adam itself: the first `Optimizer` a process builds imports
-    `torch._dynamo` (its methods are wrapped to disable dynamo), which takes about 2 s on this
-    CPU, as long as importing torch, in every process that trains: each job of a SLURM array, each
-    parallel worker, each single run. The functional kernel does not."""
+    Why not torch.optim.Adam itself: see FastOptimizer. The functional kernel imports nothing more."""
 
     def __init__(self, params: list[torch.nn.Parameter], *, lr: float, betas, eps: float,
                  weight_decay: float = 0.0, decoupled: bool = False, impl: dict[str, bool] | None = None):
         self.params = list(params)
-        self.param_groups = [{"params": self.params, "lr": lr, "betas": tuple(betas), "eps": eps,
-                              "weight_decay": weight_decay}]
+        self._init_groups([{"params": self.params, "lr": lr, "betas": tuple(betas), "eps": eps,
+                            "weight_decay": weight_decay}], {"lr": lr})
         self.decoupled = decoupled
         impl = impl if impl is not None else _adam_impl("auto", self.params)
         self.fused, self.foreach = bool(impl.get("fused")), bool(impl.get("foreach"))
@@ -85,8 +109,8 @@ class DenseAdam(AdamMoments):
         # While every step updates every parameter (a model's dense weights, as a rule), their step
         # counts are equal, and fused Adam's kernel is called directly with one count shared by all
         # (`self.steps` then holds that one tensor n times). torch's functional wrapper regroups the
-        # tensors and adds 1 to each count every step: 0.28-0.45 ms a step of the lesson's LSTM on
-        # this CPU, against 0.12-0.15 ms this way. `_fused_kernel` is None once the counts part.
+        # tensors and adds 1 to each count every step, which costs more than the kernel itself on a
+        # small model. `_fused_kernel` is None once the counts part.
         one_kind = len({(p.device, p.dtype) for p in self.params}) == 1
         self._fused_kernel = (getattr(torch, "_fused_adamw_" if decoupled else "_fused_adam_", None)
                               if self.fused and one_kind and self.params else None)
@@ -100,7 +124,7 @@ class DenseAdam(AdamMoments):
             self._fused_kernel = None
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, closure=None) -> None:
         group = self.param_groups[0]
         active = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not active:
@@ -143,32 +167,30 @@ class RowAdam(AdamMoments):
     else a handful of row-indexed torch ops."""
 
     def __init__(self, params: list[torch.nn.Parameter], *, lr: float, betas, eps: float):
-        self.params, self.lr, (self.beta1, self.beta2), self.eps = params, lr, tuple(betas), eps
-        self.param_groups = [{"params": params, "lr": lr, "betas": tuple(betas), "eps": eps}]
+        self.params, (self.beta1, self.beta2), self.eps = params, tuple(betas), eps
+        self._init_groups([{"params": params, "lr": lr, "betas": tuple(betas), "eps": eps}], {"lr": lr})
         self.step_count = 0
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
         self._compiled = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
         if self._compiled:
-            from .deferred_adam import adam_rows, gradient_rows
-            self._adam_rows, self._gradient_rows = adam_rows, gradient_rows
             # adam_rows records each row's last step for deferred Adam's replay; lazy Adam never reads it.
             self._unused = [np.zeros(p.shape[0], dtype=np.int64) for p in params]
             self._slots = [np.full(p.shape[0], -1, dtype=np.int64) for p in params]
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, closure=None) -> None:
         self.step_count += 1
-        t, b1, b2 = self.step_count, self.beta1, self.beta2
-        step_size = self.lr / (1 - b1**t)
+        t, b1, b2, lr = self.step_count, self.beta1, self.beta2, self.param_groups[0]["lr"]
+        step_size = lr / (1 - b1**t)
         root_bc2 = math.sqrt(1 - b2**t)
         for i, (p, m, v) in enumerate(zip(self.params, self.exp_avg, self.exp_avg_sq)):
             if p.grad is None:
                 continue
             if self._compiled:
-                rows, g = self._gradient_rows(p.grad, self._slots[i])
-                self._adam_rows(p.detach().numpy(), m.numpy(), v.numpy(), self._unused[i], rows, g,
-                                t, self.lr, b1, b2, self.eps, 1.0, False, False)
+                rows, g = gradient_rows(p.grad, self._slots[i])
+                adam_rows(p.detach().numpy(), m.numpy(), v.numpy(), self._unused[i], rows, g,
+                          t, lr, b1, b2, self.eps, 1.0, False, False)
                 continue
             grad = p.grad.coalesce()
             rows, g = grad.indices()[0], grad.values()
@@ -186,7 +208,7 @@ class RowAdam(AdamMoments):
         self._load_moments(state)
 
 
-class LazyAdam:
+class LazyAdam(FastOptimizer):
     """Lazy Adam (RowAdam) for the sparse-gradient embedding, fused Adam for every other parameter.
 
     One optimizer object to the training loop and to checkpoints (its state dict holds both)."""
@@ -194,8 +216,7 @@ class LazyAdam:
     def __init__(self, sparse: list, dense: list, *, lr: float, betas, eps: float):
         self.sparse = RowAdam(sparse, lr=lr, betas=betas, eps=eps)
         self.dense = DenseAdam(dense, lr=lr, betas=betas, eps=eps)
-        self.param_groups = self.sparse.param_groups + self.dense.param_groups
-        self.defaults = {"lr": lr}
+        self._init_groups(self.sparse.param_groups + self.dense.param_groups, {"lr": lr})
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.sparse.zero_grad(set_to_none)
@@ -213,7 +234,7 @@ class LazyAdam:
         self.dense.load_state_dict(state_dict["dense"])
 
 
-class ScatteredGrad:
+class ScatteredGrad(FastOptimizer):
     """Dense Adam for a model whose embedding produces sparse gradients: before each step, the
     sparse gradient is written into one persistent dense buffer (clearing only the rows the last
     step wrote), which the wrapped optimizer then reads as the dense gradient it always gets.
@@ -224,7 +245,7 @@ class ScatteredGrad:
 
     def __init__(self, inner: torch.optim.Optimizer, sparse: list[torch.nn.Parameter]):
         self.inner, self.sparse = inner, sparse
-        self.param_groups, self.defaults = inner.param_groups, inner.defaults
+        self._init_groups(inner.param_groups, inner.defaults)
         self._buffers = [torch.zeros_like(p) for p in sparse]
         self._written: list[torch.Tensor | None] = [None] * len(sparse)
 
@@ -252,6 +273,123 @@ class ScatteredGrad:
         self.inner.load_state_dict(state_dict)
 
 
+class DeferredAdam(AdamMoments):
+    """Adam or AdamW: exact, deferred for the sparse-gradient embeddings, fused for the rest.
+
+    The embeddings must be `nn.Embedding(sparse=True)` on the CPU. A forward pre-hook brings the
+    rows a batch looks up up to date before the lookup; a state-dict pre-hook brings every row up
+    to date before the weights are read out; `flush()` does the same on demand.
+    """
+
+    def __init__(self, embeddings: list[torch.nn.Embedding], dense: list[torch.nn.Parameter], *, lr: float,
+                 betas, eps: float, weight_decay: float = 0.0, decoupled: bool = False, impl: dict | None = None):
+        if weight_decay and not decoupled:
+            raise ValueError("deferred Adam cannot replay L2 weight decay (every row has a gradient); use adamw")
+        b1, b2 = (float(b) for b in betas)
+        self.dense = DenseAdam(dense, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay,
+                               decoupled=decoupled, impl=impl if impl is not None else {"fused": True}) if dense else None
+        self.weights = [e.weight for e in embeddings]
+        for w in self.weights:
+            if w.device.type != "cpu" or w.dtype != torch.float32:
+                raise ValueError("deferred Adam runs on float32 CPU embeddings")
+        self.sparse_group = {"params": self.weights, "lr": lr, "betas": (b1, b2), "eps": eps,
+                             "weight_decay": weight_decay}
+        self._init_groups([self.sparse_group, *(self.dense.param_groups if self.dense else [])], {"lr": lr})
+        self.step_count = 0
+        self.exp_avg = [torch.zeros_like(w) for w in self.weights]
+        self.exp_avg_sq = [torch.zeros_like(w) for w in self.weights]
+        # Per row: the step whose update it already has.
+        self.current = [np.zeros(w.shape[0], dtype=np.int64) for w in self.weights]
+        self._slots = [np.full(w.shape[0], -1, dtype=np.int64) for w in self.weights]
+        self._lr = lr
+        for i, emb in enumerate(embeddings):
+            # The newest optimizer owns the table: hooks an earlier one left behind do nothing.
+            emb._deferred_adam = self
+            emb.register_forward_pre_hook(self._lookup_hook(i))
+            emb.register_state_dict_pre_hook(lambda module, *_: module._deferred_adam is self and self.flush())
+
+    def _scalars(self) -> tuple:
+        g = self.sparse_group
+        b1, b2 = g["betas"]
+        decay = 1.0 - self._lr * g["weight_decay"]
+        # The early stop relies on updates that shrink from step to step: true when beta1 < sqrt(beta2).
+        return self._lr, b1, b2, g["eps"], decay, b1 < math.sqrt(b2)
+
+    def _sync_lr(self) -> None:
+        """A changed learning rate applies from the next step on: replay the missed ones at the old rate first."""
+        if self.sparse_group["lr"] != self._lr:
+            self.flush()
+            self._lr = self.sparse_group["lr"]
+
+    def _arrays(self, i: int) -> tuple:
+        return self.weights[i].detach().numpy(), self.exp_avg[i].numpy(), self.exp_avg_sq[i].numpy(), self.current[i]
+
+    def _lookup_hook(self, i: int):
+        def hook(module, args):
+            if self.step_count and module._deferred_adam is self:
+                self._sync_lr()
+                ids = args[0].detach().reshape(-1).numpy()
+                catch_up(*self._arrays(i), ids, self.step_count, *self._scalars())
+        return hook
+
+    def flush(self) -> None:
+        """Bring every row up to the last step (before anything reads whole tables)."""
+        if self.step_count:
+            for i in range(len(self.weights)):
+                catch_up_all(*self._arrays(i), self.step_count, *self._scalars())
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for w in self.weights:
+            w.grad = None
+        if self.dense:
+            self.dense.zero_grad(set_to_none)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self._sync_lr()
+        self.step_count += 1
+        for i, w in enumerate(self.weights):
+            if w.grad is None:
+                continue
+            if not w.grad.is_sparse:
+                raise ValueError("deferred Adam needs nn.Embedding(sparse=True)")
+            rows, values = gradient_rows(w.grad, self._slots[i])
+            adam_rows(*self._arrays(i), rows, values, self.step_count, *self._scalars())
+        if self.dense:
+            self.dense.step()
+
+    def state_dict(self) -> dict:
+        self.flush()  # every row current: the state is plain Adam's
+        return {"step": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq,
+                "dense": self.dense.state_dict() if self.dense else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step"])
+        self._load_moments(state)
+        for current in self.current:
+            current.fill(self.step_count)
+        if self.dense:
+            self.dense.load_state_dict(state["dense"])
+
+
+@functools.cache
+def warm_up(lazy: bool) -> None:
+    """A few steps of deferred Adam (or, `lazy`, of sparse_adam's row loop) on a tiny table, so that
+    numba compiles or loads its loops here rather than inside a run's timed epoch."""
+    with torch.random.fork_rng(devices=[]):  # the run's own random stream stays where it was
+        table = torch.nn.Embedding(4, 2, sparse=True)
+    if lazy:
+        opt = RowAdam(list(table.parameters()), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    else:
+        opt = DeferredAdam([table], [], lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    for ids in ([[1, 2, 1]], [[3]], [[1, 3]]):  # a repeated row, and rows that miss steps
+        table(torch.tensor(ids)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    if not lazy:
+        opt.flush()
+
+
 def _sparse_embeddings(model: torch.nn.Module) -> list[torch.nn.Embedding]:
     return [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
 
@@ -266,13 +404,11 @@ def make_optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay
 
     For Adam/AdamW on a model with sparse-gradient embeddings, `embedding_grad` picks how their
     gradients reach Adam: `scattered` (into a dense buffer, see ScatteredGrad) or `deferred` (see
-    deferred_adam.DeferredAdam). Both give Adam's update; `dense` models have no sparse embeddings."""
+    DeferredAdam). Both give Adam's update; `dense` models have no sparse embeddings."""
     params = [p for p in model.parameters() if p.requires_grad]
     if name in ("adam", "adamw"):
         sparse = _sparse_embedding_params(model)
         if sparse and embedding_grad == "deferred":
-            from .deferred_adam import DeferredAdam  # numba: imported by the runs that use it
-
             ids = {id(p) for p in sparse}
             impl = _adam_impl(kw.get("impl", "auto"), params)
             return DeferredAdam(_sparse_embeddings(model), [p for p in params if id(p) not in ids], lr=lr,
@@ -293,25 +429,3 @@ def make_optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay
         ids = {id(p) for p in sparse}
         return LazyAdam(sparse, [p for p in params if id(p) not in ids], lr=lr, betas=kw["betas"], eps=kw["eps"])
     raise ValueError(f"unknown optimizer {name!r}")
-
-
-def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> None:
-    """torch's clip_grad_norm_, also for sparse gradients (which its fused norm does not take)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not any(g.is_sparse for g in grads):
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
-        return
-    grads = [g.coalesce() if g.is_sparse else g for g in grads]
-    total = torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(g._values() if g.is_sparse else g) for g in grads])
-    )
-    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    for p, g in zip([p for p in params if p.grad is not None], grads):
-        if g.is_sparse:
-            # torch 2.11-2.12 warn of unchecked invariants even with check_invariants=False
-            # (pytorch#178274); an explicit scope silences it. coalesce() made this gradient valid.
-            with torch.sparse.check_sparse_tensor_invariants(enable=False):
-                p.grad = torch.sparse_coo_tensor(g._indices(), g._values() * scale, g.shape, is_coalesced=True,
-                                                 check_invariants=False)
-        else:
-            g.mul_(scale)

@@ -17,10 +17,9 @@ The arithmetic is PyTorch's, gate for gate: RNN h' = tanh(W_ih x + b_ih + W_hh h
 gates r, z, n with the reset gate scaling the recurrent projection of n, bias included; LSTM
 gates i, f, g, o, c' = f c + i g, h' = o tanh(c'). All in float32 from a zero state; sigmoid and
 tanh are numba_math's vectorizable routines (within 2.5 ulp, as torch's sigmoid). Every
-elementwise loop handles one quantity over the hidden units, which keeps it to a few arrays: LLVM
-then vectorizes it (one loop computing every gate stayed scalar and was 2.8x slower). On one
-thread the LSTM was no faster than oneDNN's (3.2 ms against 2.9 per forward and backward); split
-over two it is.
+elementwise loop handles one quantity over the hidden units, which keeps it to a few arrays, so
+that LLVM vectorizes it; a loop computing every gate at once stays scalar. Measured speeds against
+torch's own layers are in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from numba import prange
 from .numba_math import INLINE_JIT as _inline
 from .numba_math import JIT as _jit
 from .numba_math import PARALLEL_JIT as _parallel
-from .numba_math import sigmoid, tanh
+from .numba_math import ONE, sigmoid, tanh
 
 WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch's names, less the _l{layer} suffix
 
@@ -45,7 +44,7 @@ WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch's names, les
 def _add_rows(acc, coef, rows):
     """acc += sum over r of coef[r] * rows[r], taking four rows per pass over acc, added in row
     order: the same sums, rounded the same, as one row per pass, with a quarter of the loads and
-    stores of acc (10-20% faster loops)."""
+    stores of acc."""
     n = coef.shape[0]
     r = 0
     while r + 4 <= n:
@@ -91,13 +90,12 @@ def _rnn_forward(gi, w_hh_t, b_hh, out):
 def _rnn_backward(grad_out, out, w_hh, d_gi):
     """d_gi: the gradient of each step's pre-activation (also W_hh h's)."""
     batch, steps, hidden = out.shape
-    one = np.float32(1.0)
     for b in prange(batch):
         dh = np.zeros(hidden, dtype=np.float32)
         for t in range(steps - 1, -1, -1):
             out_bt, d_bt, grad_bt = out[b, t], d_gi[b, t], grad_out[b, t]
             for j in range(hidden):
-                d_bt[j] = (dh[j] + grad_bt[j]) * (one - out_bt[j] * out_bt[j])
+                d_bt[j] = (dh[j] + grad_bt[j]) * (ONE - out_bt[j] * out_bt[j])
             dh[:] = 0.0
             _back_through_w_hh(dh, d_bt, w_hh)
 
@@ -106,7 +104,6 @@ def _rnn_backward(grad_out, out, w_hh, d_gi):
 def _gru_forward(gi, w_hh_t, b_hh, out, gates, gh_n):
     """Saves gates r, z, n (B, T, 3H) and gh_n, n's recurrent projection before the reset (B, T, H)."""
     batch, steps, hidden = out.shape
-    one = np.float32(1.0)
     for b in prange(batch):
         h = np.zeros(hidden, dtype=np.float32)
         gh = np.empty(3 * hidden, dtype=np.float32)
@@ -123,7 +120,7 @@ def _gru_forward(gi, w_hh_t, b_hh, out, gates, gh_n):
                 gates_bt[2 * hidden + j] = tanh(pre_n[j])
             for j in range(hidden):
                 z = gates_bt[hidden + j]
-                h[j] = (one - z) * gates_bt[2 * hidden + j] + z * h[j]
+                h[j] = (ONE - z) * gates_bt[2 * hidden + j] + z * h[j]
             out[b, t, :] = h
 
 
@@ -131,10 +128,8 @@ def _gru_forward(gi, w_hh_t, b_hh, out, gates, gh_n):
 def _gru_backward(grad_out, out, gates, gh_n, w_hh, d_gi, d_gh):
     """d_gi: gradients of the input projections; d_gh: of the recurrent ones (they differ in n)."""
     batch, steps, hidden = out.shape
-    one = np.float32(1.0)
     for b in prange(batch):
-        dh = np.zeros(hidden, dtype=np.float32)
-        h_prev = np.zeros(hidden, dtype=np.float32)
+        dh, h_prev = np.zeros(hidden, dtype=np.float32), np.zeros(hidden, dtype=np.float32)
         for t in range(steps - 1, -1, -1):
             if t > 0:
                 h_prev[:] = out[b, t - 1]
@@ -145,13 +140,13 @@ def _gru_backward(grad_out, out, gates, gh_n, w_hh, d_gi, d_gh):
                 dh[j] += grad_bt[j]
             for j in range(hidden):  # n
                 n = gates_bt[2 * hidden + j]
-                d_gi_bt[2 * hidden + j] = dh[j] * (one - gates_bt[hidden + j]) * (one - n * n)
+                d_gi_bt[2 * hidden + j] = dh[j] * (ONE - gates_bt[hidden + j]) * (ONE - n * n)
             for j in range(hidden):  # z
                 z = gates_bt[hidden + j]
-                d_gi_bt[hidden + j] = dh[j] * (h_prev[j] - gates_bt[2 * hidden + j]) * z * (one - z)
+                d_gi_bt[hidden + j] = dh[j] * (h_prev[j] - gates_bt[2 * hidden + j]) * z * (ONE - z)
             for j in range(hidden):  # r
                 r = gates_bt[j]
-                d_gi_bt[j] = d_gi_bt[2 * hidden + j] * gh_n_bt[j] * r * (one - r)
+                d_gi_bt[j] = d_gi_bt[2 * hidden + j] * gh_n_bt[j] * r * (ONE - r)
             for j in range(2 * hidden):
                 d_gh_bt[j] = d_gi_bt[j]
             for j in range(hidden):
@@ -201,7 +196,6 @@ def _lstm_forward(gi, w_hh_t, b_hh, out, gates, cells, tanh_cells):
 def _lstm_backward(grad_out, gates, cells, tanh_cells, w_hh, d_g):
     """d_g: the gradient of each step's gate pre-activations (input and recurrent projections alike)."""
     batch, steps, hidden = cells.shape
-    one = np.float32(1.0)
     for b in prange(batch):
         dh = np.zeros(hidden, dtype=np.float32)
         dc = np.zeros(hidden, dtype=np.float32)
@@ -212,20 +206,20 @@ def _lstm_backward(grad_out, gates, cells, tanh_cells, w_hh, d_g):
             for j in range(hidden):
                 dh[j] += grad_bt[j]
             for j in range(hidden):
-                d_o[j] = dh[j] * tc[j] * o[j] * (one - o[j])
+                d_o[j] = dh[j] * tc[j] * o[j] * (ONE - o[j])
             for j in range(hidden):
-                dc[j] += dh[j] * o[j] * (one - tc[j] * tc[j])
+                dc[j] += dh[j] * o[j] * (ONE - tc[j] * tc[j])
             for j in range(hidden):
-                d_i[j] = dc[j] * g[j] * i[j] * (one - i[j])
+                d_i[j] = dc[j] * g[j] * i[j] * (ONE - i[j])
             if t > 0:
                 c_prev = cells[b, t - 1]
                 for j in range(hidden):
-                    d_f[j] = dc[j] * c_prev[j] * f[j] * (one - f[j])
+                    d_f[j] = dc[j] * c_prev[j] * f[j] * (ONE - f[j])
             else:  # the state before the first step is zero
                 for j in range(hidden):
                     d_f[j] = np.float32(0.0)
             for j in range(hidden):
-                d_gg[j] = dc[j] * i[j] * (one - g[j] * g[j])
+                d_gg[j] = dc[j] * i[j] * (ONE - g[j] * g[j])
             for j in range(hidden):
                 dc[j] = dc[j] * f[j]
             dh[:] = 0.0
@@ -316,8 +310,8 @@ def warm_up(cls: type[torch.nn.Module]) -> None:
 @functools.cache
 def _pool_pays() -> bool:
     """Whether numba's thread pool is one that wakes fast enough for these loops: OpenMP or TBB.
-    numba falls back to its own `workqueue` pool where neither loads; there a batch split over two
-    threads ran an LSTM layer 1.5x slower than one thread did. numba tries the same modules in turn."""
+    numba falls back to its own `workqueue` pool where neither loads, whose wake-up costs more than
+    a step of these loops saves on a second thread. numba tries the same modules in turn."""
     if numba.config.THREADING_LAYER == "workqueue":
         return False
     for pool in ("omppool", "tbbpool"):

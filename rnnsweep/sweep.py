@@ -8,28 +8,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+from .store import write_json
 
 JOB_FILE = "job.json"
 LOG_NAME = "rnnsweep.log"  # Hydra's job log: hydra.job.name + ".log"
 
 
-class JobPlace(Protocol):
-    job_dir: Path
-    overrides: list[str]
-
-
-def write_job_file(info: JobPlace, **fields: Any) -> dict[str, Any]:
-    payload = {"overrides": info.overrides, "job_dir": str(info.job_dir), **fields}
-    info.job_dir.mkdir(parents=True, exist_ok=True)
-    tmp = info.job_dir / f".{JOB_FILE}.tmp"
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(info.job_dir / JOB_FILE)
+def write_job_file(job_dir: Path, overrides: list[str], **fields: Any) -> dict[str, Any]:
+    payload = {"overrides": overrides, "job_dir": str(job_dir), **fields}
+    write_json(job_dir / JOB_FILE, payload)
     return payload
-
-
-def record_invalid(info: JobPlace, reason: str) -> dict[str, Any]:
-    return write_job_file(info, outcome="invalid", status="invalid", reason=reason)
 
 
 def read_jobs(sweep_dir: Path, since: float | None = None) -> list[dict[str, Any]]:

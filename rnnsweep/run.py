@@ -1,0 +1,409 @@
+"""One job, from identity to record: the only path a run takes.
+
+    run_job: where the job may write -> identity (config + data fingerprint) -> what the store
+             says: skip / busy / resume / train -> the data (built or loaded from the cache) -> train
+    train:   seed -> model and optimizer -> checkpoint to resume from -> fit -> test -> record
+
+Knows nothing of Hydra: `cli` hands over the validated config and a `Job` (what the launcher knows
+about it) and gets back a `JobResult` (the job's `job.json` and its result record). The run's own
+directory is its store entry; the job's directory gets `job.json` and a copy of the record.
+Whatever happens inside `train`, the run ends with a record whose `status` says how it ended, and
+its W&B run closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from filelock import Timeout
+
+from . import __version__, builders, checkpoint, fast, store, tracking
+from .config import LoggerBackend, Progress, RootConfig, to_plain
+from .data import DataError, Splits, batches, data_fingerprint, prepare
+from .model import count_parameters
+from .sweep import write_job_file
+from .train import Diverged, evaluate, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """What the launcher knows about one job."""
+
+    dir: Path  # the job's own directory (Hydra's): job.json and a copy of the record
+    name: str = "run"
+    sweep: str | None = None  # the sweep's name (its directory) in a multirun, else None
+    choices: dict[str, str] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    base_dir: Path = field(default_factory=Path.cwd)  # where rnnsweep was started: relative paths start here
+
+
+@dataclass
+class JobResult:
+    job: dict[str, Any]  # what job.json holds: outcome, status, run id, ...
+    record: dict[str, Any] | None = None  # the run's result record, when there is one
+
+
+class RunFailed(RuntimeError):
+    """Training raised; the record with the traceback is at `record_path`."""
+
+    def __init__(self, message: str, record_path: Path):
+        super().__init__(f"{message} (traceback in {record_path})")
+        self.record_path = record_path
+
+
+class DirectoryError(DataError):
+    """The run store or the data cache cannot be written: reported like bad input, in one line."""
+
+
+def show_progress(settings: RootConfig) -> bool:
+    p = settings.runtime.progress
+    return p is Progress.on or (p is Progress.auto and sys.stderr.isatty())
+
+
+def readable_group(choices: dict[str, str], group_id: str) -> str:
+    """A W&B group name people can read, made unique by the seed-free identity."""
+    parts = [str(choices[k]) for k in store.CHOICE_ORDER if choices.get(k)]
+    return "-".join(parts + [group_id[:8]])
+
+
+def _directory_problem(path: Path, setting: str, *, create: bool) -> str | None:
+    """Why a job could not write into `path` (the run store, the data cache), in one line that
+    names the setting behind it; None when it can. Creates the directory unless `create` is off."""
+    if path.exists() and not path.is_dir():
+        return f"{setting}: {path} is a file, not a directory"
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as ex:
+            return f"{setting}: cannot create the directory {path}: {ex.strerror or ex}"
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        return f"{setting}: {path} is not writable"
+    return None
+
+
+def _cache_setting(settings: RootConfig) -> str:
+    if settings.runtime.cache_dir is not None:
+        return f"runtime.cache_dir={settings.runtime.cache_dir}"
+    if os.environ.get("RNNSWEEP_CACHE_DIR"):
+        return f"RNNSWEEP_CACHE_DIR={os.environ['RNNSWEEP_CACHE_DIR']}"
+    return "the data cache (set runtime.cache_dir or RNNSWEEP_CACHE_DIR)"
+
+
+def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failure: bool) -> JobResult:
+    """Do what the store says for this job; writes its job.json (and a copy of its record)."""
+
+    def finish(record: dict[str, Any] | None = None, **fields: Any) -> JobResult:
+        if record is not None and entry.dir.resolve() != job.dir.resolve():
+            store.write_record(job.dir, record)
+        return JobResult(write_job_file(job.dir, job.overrides, **fields), record)
+
+    def bad_input(ex: DataError, **common: Any) -> JobResult:
+        if raise_on_failure:
+            raise ex
+        log.error("%s: %s", job.name, ex)
+        return JobResult(write_job_file(job.dir, job.overrides, outcome="failed", status="failed",
+                                        error=f"{type(ex).__name__}: {ex}", **common))
+
+    create = not settings.ledger.plan  # a plan writes nothing
+    cache_root = builders.cache_dir(settings.runtime, job.base_dir)
+    problem = (_directory_problem(store_root, f"ledger.store={settings.ledger.store}", create=create)
+               or _directory_problem(cache_root, _cache_setting(settings), create=create))
+    if problem:
+        return bad_input(DirectoryError(problem))
+    source = builders.data_source(settings.data, job.base_dir, cache_root)
+    split = builders.split_options(settings.data)
+    try:
+        fingerprint = data_fingerprint(source, split)
+    except DataError as ex:  # e.g. a data file that does not exist: nothing to identify, nothing to run
+        return bad_input(ex)
+    identity = store.run_identity(to_plain(settings), fingerprint)
+    entry = store.Entry(store_root / identity.run_id)
+    status = entry.status()
+    action = store.decide(status, settings.ledger.force, entry.checkpoint_path.is_file())
+    common = {"id": identity.run_id, "group_id": identity.group_id, "store_dir": str(entry.dir)}
+
+    if settings.ledger.plan:
+        return JobResult(write_job_file(job.dir, job.overrides, outcome="plan", action=action, status=status,
+                                        **common))
+    if action == "busy":
+        log.warning("%s: run %s is in progress in another process; not starting it twice", job.name, identity.run_id)
+        return finish(outcome="busy", status="running", **common)
+    if action == "skip":
+        log.info("%s: already %s in the store, skipped -> %s", job.name, status, entry.record_path)
+        return finish(entry.record(), outcome="skipped", status=status, **common)
+
+    progress = show_progress(settings)
+    try:
+        # Bad input fails here, before the run has a record in the store; the cache makes this
+        # a load of memory-mapped arrays for every job but the first.
+        data = prepare(source, split, builders.tokenizer_options(settings.tokenizer), cache_root, progress=progress)
+    except DataError as ex:
+        return bad_input(ex, **common)
+    try:
+        with entry.lock():
+            # Decided before the lock: look again now that no one else can change the entry.
+            status = entry.status(holding_lock=True)
+            action = store.decide(status, settings.ledger.force, entry.checkpoint_path.is_file())
+            if action == "skip":
+                return finish(entry.record(), outcome="skipped", status=status, **common)
+            previous = entry.record() or {}
+            attempt = previous.get("attempt", 1) if action == "resume" else previous.get("attempt", 0) + 1
+            if action == "train":
+                entry.checkpoint_path.unlink(missing_ok=True)
+            try:
+                record = train(settings, job, entry.dir, identity=identity, attempt=attempt,
+                               resume=action == "resume", data=data, progress=progress)
+            except RunFailed as ex:
+                result = finish(entry.record(), outcome="failed", status="failed", error=str(ex), **common)
+                if raise_on_failure:
+                    raise
+                log.error("%s: %s", job.name, ex)
+                return result
+    except Timeout:
+        log.warning("%s: run %s is in progress in another process; not starting it twice", job.name, identity.run_id)
+        return finish(outcome="busy", status="running", **common)
+    outcome = "resumed" if record["resumed_from_epoch"] is not None else "trained"
+    return finish(record, outcome=outcome, status=record["status"], **common)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout rnnsweep runs from (with `-dirty` if it has changes), if any."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device, threads: int) -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "rnnsweep": __version__,
+        "git_commit": git_commit(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": threads,
+        "platform": platform.platform(),
+    }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _open_tracker(settings: RootConfig, job: Job, out_dir: Path, identity: store.Identity | None, attempt: int):
+    lg = settings.logger
+    if lg.backend is LoggerBackend.none or lg.mode.value == "disabled":
+        return tracking.NoTracker()
+    ids = {"run_id": identity.run_id, "group_id": identity.group_id} if identity else {"run_id": None, "group_id": None}
+    return tracking.WandbTracker(
+        project=lg.project,
+        entity=lg.entity,
+        mode=lg.mode.value,
+        name=job.name,
+        group=readable_group(job.choices, identity.group_id) if identity else None,
+        job_type=job.sweep or "run",
+        tags=[f"{k}:{v}" for k, v in sorted(job.choices.items()) if v is not None] + list(lg.tags),
+        config={**to_plain(settings), **ids},
+        directory=out_dir,
+        # A resumed run continues its W&B run; a run trained again from scratch gets a new one.
+        run_id=(identity.run_id if attempt == 1 else f"{identity.run_id}-{attempt}") if identity else None,
+    )
+
+
+def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: store.Identity | None = None,
+          attempt: int = 1, resume: bool = False, data: Splits | None = None,
+          progress: bool | None = None) -> dict[str, Any]:
+    """Train and test one configuration in `out_dir` (resuming from its checkpoint if `resume`);
+    returns the result record it wrote there. `data`: the encoded splits, if the caller has them."""
+    job = job or Job(dir=out_dir)
+    started, t0 = _now(), time.perf_counter()
+    cfg = settings
+    seed_everything(cfg.seed)
+    if cfg.runtime.threads > 0:
+        torch.set_num_threads(cfg.runtime.threads)
+    fast.set_threads(torch.get_num_threads())  # the compiled layers' loops: as many threads as torch's
+    progress = show_progress(cfg) if progress is None else progress
+
+    record: dict[str, Any] = {
+        # Stays "interrupted" only if something outside Exception (Ctrl-C, SIGTERM) ends the run.
+        "status": "interrupted",
+        "name": job.name,
+        "group": readable_group(job.choices, identity.group_id) if identity else None,
+        "choices": job.choices,
+        "overrides": job.overrides,
+        "config": to_plain(cfg),
+        "metrics": {},
+        "history": [],
+        "data": {},
+        "env": {},
+        "id": identity.run_id if identity else None,
+        "group_id": identity.group_id if identity else None,
+        "attempt": attempt,
+        "resumed_from_epoch": None,
+        "wandb": None,
+        "error": None,
+        "started_at": started,
+        "finished_at": None,
+    }
+    tracker = tracking.NoTracker()
+    failure: BaseException | None = None
+    try:
+        device = builders.pick_device(cfg.runtime.device.value)
+        record["env"] = environment(device, torch.get_num_threads())
+        if data is None:
+            cache_root = builders.cache_dir(cfg.runtime, job.base_dir)
+            data = prepare(builders.data_source(cfg.data, job.base_dir, cache_root), builders.split_options(cfg.data),
+                           builders.tokenizer_options(cfg.tokenizer), cache_root, progress=progress)
+        meta = data.meta
+        record["data"] = {
+            "name": cfg.data.name,
+            "classes": list(data.class_names),
+            "train": len(data.train),
+            "val": len(data.val),
+            "test": len(data.test),
+            "vocab_size": data.vocab_size,
+            "fingerprint": meta["fingerprint"],
+            "label_mapping": meta.get("label_mapping"),
+            "dropped_empty": meta.get("dropped_empty", {}),
+            "warnings": meta.get("warnings", []),
+            "tokens": meta.get("tokens", {}),
+            "cache": str(data.directory),
+        }
+        grad = builders.embedding_grad(cfg.optimizer, device)  # decided once: the model and optimizer agree
+
+        def build():
+            model = builders.build_model(cfg.model, cfg.topology, cfg.batching, vocab_size=data.vocab_size,
+                                         num_classes=data.num_classes, embedding_grad=grad,
+                                         compiled_rnn=cfg.runtime.compiled_rnn).to(device)
+            return model, builders.build_optimizer(cfg.optimizer, model, grad)
+
+        model, optimizer = build()
+        ckpt_path = out_dir / store.CHECKPOINT
+        state = checkpoint.load(ckpt_path, model, optimizer) if resume else None
+        if state is None and resume:  # unreadable: start clean, exactly as a fresh run would
+            seed_everything(cfg.seed)
+            model, optimizer = build()
+        if state is not None:
+            record["resumed_from_epoch"] = state.epoch
+            log.info("resuming %s from its epoch-%d checkpoint", out_dir, state.epoch)
+        record["metrics"]["params"] = count_parameters(model)
+        if device.type == "cpu":
+            fast.warm_up(model, optimizer, compiled_layers=cfg.runtime.compiled_rnn)
+        batches.warm_up(data.train)
+        tracker = _open_tracker(cfg, job, out_dir, identity, attempt)
+        if tracker.run_id is not None:
+            record["wandb"] = {"id": tracker.run_id, "mode": tracker.mode, "dir": str(out_dir / "wandb")}
+
+        tr = cfg.train
+        shuffle = torch.Generator()
+        bucket = cfg.batching.bucket_pool if cfg.batching.bucket else None
+        pin = device.type == "cuda"
+
+        def train_batches(epoch: int):
+            # Seeded per epoch, so epoch k's batch order does not depend on how we got there.
+            shuffle.manual_seed(cfg.seed * 1_000_003 + epoch)
+            return batches.iterate(data.train, tr.batch_size, shuffle=True, generator=shuffle, bucket_pool=bucket,
+                                   limit=tr.epoch_size, pin=pin)
+
+        def eval_batches(split):
+            # Evaluation order changes no metric: sort the whole split by length when bucketing.
+            whole = batches.num_batches(split, tr.eval_batch_size) if bucket else None
+            return lambda: batches.iterate(split, tr.eval_batch_size, shuffle=False, bucket_pool=whole, pin=pin)
+
+        record["status"] = "running"
+        store.write_record(out_dir, record)
+        try:
+            result = fit(
+                model,
+                optimizer,
+                train_batches,
+                eval_batches(data.val),
+                epochs=tr.epochs,
+                steps_per_epoch=batches.num_batches(data.train, tr.batch_size, tr.epoch_size),
+                num_classes=data.num_classes,
+                device=device,
+                grad_clip=tr.grad_clip,
+                log_every=cfg.logger.log_every,
+                callbacks=[tracker],
+                progress=progress,
+                state=state,
+                on_epoch_end=lambda st: checkpoint.save(ckpt_path, model, optimizer, st),
+                pending_work=fast.pending_work(optimizer),
+                amp=cfg.runtime.amp,
+            )
+        except Diverged as ex:
+            record["status"] = "diverged"
+            record["error"] = {"type": "Diverged", "message": str(ex)}
+            record["history"] = ex.history
+            log.warning("run diverged: %s", ex)
+        else:
+            test = evaluate(model, eval_batches(data.test)(), data.num_classes, device, cfg.runtime.amp)
+            last = result.history[-1]
+            record["history"] = result.history
+            record["metrics"].update(
+                {
+                    "test/acc": test["acc"],
+                    "test/macro_f1": test["macro_f1"],
+                    "test/loss": test["loss"],
+                    "val/acc": last["val/acc"],
+                    "val/macro_f1": last["val/macro_f1"],
+                    "val/loss": last["val/loss"],
+                    "train/loss": last["train/loss"],
+                    "train/acc": last["train/acc"],
+                    "train/examples_per_s": result.examples_per_s,
+                    "train/seconds": result.train_seconds,
+                    "steps": result.step,
+                }
+            )
+            record["status"] = "completed"
+            if not cfg.ledger.keep_checkpoint:
+                ckpt_path.unlink(missing_ok=True)
+    except Exception as ex:
+        failure = ex
+        record["status"] = "failed"
+        record["error"] = {"type": type(ex).__name__, "message": str(ex), "traceback": traceback.format_exc()}
+    finally:
+        record["metrics"]["wall_s"] = time.perf_counter() - t0
+        record["finished_at"] = _now()
+        try:
+            tracker.summary({**record["metrics"], "status": record["status"]})
+        finally:
+            tracker.finish(record["status"])
+            path = store.write_record(out_dir, record)
+    if failure is not None:
+        raise RunFailed(f"run failed: {type(failure).__name__}: {failure}", path) from failure
+    return record
