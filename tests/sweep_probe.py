@@ -13,7 +13,7 @@ import sys
 
 from hydra.experimental.callback import Callback
 
-WATCHED = ("torch", "numba", "rnnsweep.job")
+WATCHED = ("torch", "numba", "rnnsweep.run")
 
 
 class ParentImports(Callback):

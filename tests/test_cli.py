@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY, run_cli
+from rnnsweep.store import CHOICE_ORDER
 from wandb_records import read_offline_run
 
 
@@ -128,7 +129,10 @@ def test_multirun_of_six_jobs_leaves_six_completed_records(tmp_path):
     combos = {(r["choices"]["model"], r["choices"]["batching"]) for r in records}
     assert combos == {(m, b) for m in ("rnn", "lstm", "gru") for b in ("padded", "packed")}
     assert len({r["group_id"] for r in records}) == 6  # no seed repeats here: six groups
-    assert all(r["group"].startswith(f"{r['choices']['model']}-{r['choices']['batching']}-") for r in records)
+    # W&B groups read like the report's rows: the choices in the report's column order, then the id.
+    assert all(r["group"] == "-".join([*(r["choices"][k] for k in CHOICE_ORDER if r["choices"].get(k)),
+                                       r["group_id"][:8]]) for r in records)
+    assert all(f"-{r['choices']['model']}-{r['choices']['batching']}-" in r["group"] for r in records)
     assert "6 completed (6 jobs)" in res.stdout
 
 
