@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -82,13 +83,33 @@ def store_root(store: str) -> Path:
     return path if path.is_absolute() else Path(HydraConfig.get().runtime.cwd) / path
 
 
-def _exit_with_error(ex: BaseException) -> None:
+def _discard(directory: Path, base_dir: Path, made_of: set[str]) -> None:
+    """Remove a directory Hydra made for a run or sweep that ended in a user error, if it holds
+    nothing but `made_of` (Hydra's own files), with the parents it made (outputs/run/, outputs/)."""
+    if not directory.is_dir() or not {p.name for p in directory.iterdir()} <= made_of:
+        return
+    logging.shutdown()  # close the job's log file before removing it
+    shutil.rmtree(directory, ignore_errors=True)
+    for parent in directory.parents:
+        if parent == base_dir or not parent.is_relative_to(base_dir) or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
+def _exit_with_error(ex: BaseException, job_dir: Path, base_dir: Path) -> None:
     """A single run's bad config or input: one line and exit status 2, from inside the job (Hydra
-    would otherwise add its own report of the job's error)."""
+    would otherwise add its own report of the job's error), and nothing left behind: the run
+    directory Hydra made for the job (its .hydra/ and an empty log) is removed again."""
     if os.environ.get("RNNSWEEP_FULL_ERROR") == "1":
         raise ex
+    _discard(job_dir, base_dir, {".hydra", sweep.LOG_NAME})
     print(f"rnnsweep: error: {ex}", file=sys.stderr)
     raise SystemExit(2) from ex
+
+
+# The sweep directory a multirun of this process made (not one it found): a sweep that fails to
+# compose its first job removes it again (see main).
+_new_sweep_dir: list[Path] = []
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
@@ -96,23 +117,37 @@ def app(cfg: DictConfig) -> float:
     job = current_job()
     try:
         settings = config.validate(cfg)  # fails here, before any data is loaded
+        if settings.runtime.threads == 0:
+            settings.runtime.threads = threads_per_job()
+        from .run import preflight
+
+        problem = preflight(settings)  # what the config asks of this machine (CUDA, ...)
+        if problem:
+            raise config.ConfigError(problem)
     except config.ConfigError as ex:
         if not is_multirun():
-            _exit_with_error(ex)
+            _exit_with_error(ex, job.dir, job.base_dir)
         # One invalid combination must not end a sweep.
         sweep.write_job_file(job.dir, job.overrides, outcome="invalid", status="invalid", reason=str(ex))
         log.warning("%s: invalid, skipped: %s", job.name, ex)
         return math.nan
 
-    if settings.runtime.threads == 0:
-        settings.runtime.threads = threads_per_job()
     from .data import DataError
     from .run import run_job
 
     try:
         result = run_job(settings, job, store_root(settings.ledger.store), raise_on_failure=not is_multirun())
     except DataError as ex:  # bad input of a single run: one line, as for a bad config
-        _exit_with_error(ex)
+        _exit_with_error(ex, job.dir, job.base_dir)
+    except Exception as ex:  # noqa: BLE001
+        if not is_multirun():
+            raise
+        # Whatever a job raises, anywhere, it is one failed job: the sweep goes on, and ends with
+        # its summary, its report and a non-zero exit.
+        log.error("%s: failed: %s: %s", job.name, type(ex).__name__, ex, exc_info=True)
+        sweep.write_job_file(job.dir, job.overrides, outcome="failed", status="failed",
+                             error=f"{type(ex).__name__}: {ex}")
+        return math.nan
     outcome = result.job
     if outcome["outcome"] == "plan":
         log.info("%s: would %s (run %s is %s)", job.name, outcome["action"], outcome["id"], outcome["status"])
@@ -150,6 +185,9 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.started = time.time()
+        sweep_dir = Path(config.hydra.sweep.dir).absolute()
+        if not sweep_dir.exists():
+            _new_sweep_dir.append(sweep_dir)
 
     @staticmethod
     def _report(sweep_dir: Path, cfg: DictConfig, jobs: list[dict]) -> None:
@@ -245,6 +283,8 @@ def main() -> None:
     except (config.ConfigError, HydraException, OmegaConfBaseException) as ex:
         if full_traces:
             raise
+        for sweep_dir in _new_sweep_dir:  # made, then no job could be composed: nothing to keep
+            _discard(sweep_dir, Path.cwd(), {"multirun.yaml"})
         print(f"rnnsweep: error: {describe(ex)}", file=sys.stderr)
         sys.exit(2)
     except OSError as ex:  # Hydra writing a run or sweep directory it cannot create, a full disk

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass
 from enum import Enum
@@ -60,6 +61,11 @@ LoggerBackend = _choices("LoggerBackend", "wandb none")
 # auto: WANDB_MODE if set, else online with an API key, else offline.
 WandbMode = _choices("WandbMode", "auto online offline disabled")
 
+
+# Bounds beyond which a value fails (or hangs) at run time rather than trains.
+MAX_THREADS = 1024
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_SYNTHETIC_ROWS = 2_000_000
 
 SEED_POOLINGS = (Pooling.seed_mean, Pooling.seed_hlast)
 
@@ -239,6 +245,7 @@ class LedgerConfig:
     plan: bool  # list what each job would do (train / resume / skip / invalid), train nothing
     fail_on_error: bool  # a sweep with a failed job exits non-zero
     keep_checkpoint: bool  # keep each finished run's last epoch checkpoint in the store
+    busy_wait: float  # seconds a job waits for its run to finish in another process before calling it busy
 
 
 @dataclass
@@ -412,19 +419,30 @@ def validate(cfg: DictConfig) -> RootConfig:
         tr.eval_batch_size >= 1, "train.eval_batch_size", tr.eval_batch_size, "must be at least 1"
     )
     _require(
-        tr.grad_clip is None or tr.grad_clip > 0,
+        tr.grad_clip is None or 0 < tr.grad_clip < math.inf,
         "train.grad_clip",
         tr.grad_clip,
-        "must be positive, or null to disable clipping",
+        "must be a positive number, or null to disable clipping",
     )
-    _require(root.runtime.threads >= 0, "runtime.threads", root.runtime.threads, "must be >= 0")
+    _require(0 <= root.runtime.threads <= MAX_THREADS, "runtime.threads", root.runtime.threads,
+             f"must be 0 (the launcher's share of the cores) to {MAX_THREADS}")
+    _require(0 <= root.seed <= MAX_SEED, "seed", root.seed, f"must be in [0, {MAX_SEED}]")
+    _require(0 <= d.seed <= MAX_SEED, "data.seed", d.seed, f"must be in [0, {MAX_SEED}]")
+    _require(0 <= root.ledger.busy_wait < math.inf, "ledger.busy_wait", root.ledger.busy_wait,
+             "must be a number of seconds >= 0")
+    _require(root.ledger.store.strip() != "", "ledger.store", "''", "must name a directory (relative paths start "
+             "where rnnsweep runs)")
     _require(root.logger.log_every >= 1, "logger.log_every", root.logger.log_every, "must be >= 1")
     if root.logger.backend is LoggerBackend.wandb:
         problem = wandb_mode_env_problem()
         if problem:
             raise ConfigError(problem)
-    _require(o.lr > 0, "optimizer.lr", o.lr, "must be positive")
-    _require(getattr(o, "weight_decay", 0) >= 0, "optimizer.weight_decay", getattr(o, "weight_decay", 0), "must be >= 0")
+    _require(0 < o.lr < math.inf, "optimizer.lr", o.lr, "must be a positive number")
+    wd = getattr(o, "weight_decay", 0.0)
+    _require(0 <= wd < math.inf, "optimizer.weight_decay", wd, "must be a number >= 0")
+    if hasattr(o, "eps"):
+        _require(0 < o.eps < math.inf, "optimizer.eps", o.eps, "must be a positive number (it keeps Adam's "
+                 "denominator above 0)")
     if isinstance(o, (AdamConfig, SparseAdamConfig)):
         ok = len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas)
         _require(ok, "optimizer.betas", list(o.betas), "must be two numbers in [0, 1)")
@@ -439,8 +457,10 @@ def validate(cfg: DictConfig) -> RootConfig:
     if isinstance(o, SGDConfig):
         _require(0.0 <= o.momentum < 1.0, "optimizer.momentum", o.momentum, "must be in [0, 1)")
     if isinstance(d, SyntheticDataConfig):
-        _require(d.train_size >= 10, "data.train_size", d.train_size, "must be at least 10")
-        _require(d.test_size >= 1, "data.test_size", d.test_size, "must be at least 1")
+        _require(10 <= d.train_size <= MAX_SYNTHETIC_ROWS, "data.train_size", d.train_size,
+                 f"must be in [10, {MAX_SYNTHETIC_ROWS:,}] (the generator holds every text in memory)")
+        _require(1 <= d.test_size <= MAX_SYNTHETIC_ROWS, "data.test_size", d.test_size,
+                 f"must be in [1, {MAX_SYNTHETIC_ROWS:,}]")
     _require(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
     if hasattr(d, "test_fraction"):
         _require(0.0 < d.test_fraction < 1.0, "data.test_fraction", d.test_fraction, "must be in (0, 1)")

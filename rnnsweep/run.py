@@ -81,18 +81,38 @@ def readable_group(choices: dict[str, str], group_id: str) -> str:
     return "-".join(parts + [group_id[:8]])
 
 
-def _directory_problem(path: Path, setting: str, *, create: bool) -> str | None:
-    """Why a job could not write into `path` (the run store, the data cache), in one line that
-    names the setting behind it; None when it can. Creates the directory unless `create` is off."""
+def _directory_problem(path: Path, setting: str, *, writable: bool) -> str | None:
+    """Why a job could not use `path` (the run store, the data cache) as a directory, in one line
+    that names the setting behind it; None when it can. Creates nothing: a job that fails writes
+    nothing. `writable`: it must be possible to create or write it."""
     if path.exists() and not path.is_dir():
         return f"{setting}: {path} is a file, not a directory"
-    if create:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as ex:
-            return f"{setting}: cannot create the directory {path}: {ex.strerror or ex}"
-    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
-        return f"{setting}: {path} is not writable"
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{setting}: cannot create the directory {path}: Not a directory"
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
+        return f"{setting}: {path} is not writable" if existing == path else \
+            f"{setting}: cannot create the directory {path}: Permission denied"
+    return None
+
+
+def preflight(settings: RootConfig) -> str | None:
+    """What the config asks of this machine that it lacks, in one line; None if nothing. Checked
+    before anything is read or written, like a bad value."""
+    rt = settings.runtime
+    cuda = torch.cuda.is_available()
+    if rt.device.value == "cuda" and not cuda:
+        return "runtime.device=cuda: no CUDA device is visible to torch here; use runtime.device=auto or cpu"
+    device = "cuda" if rt.device.value == "cuda" or (rt.device.value == "auto" and cuda) else "cpu"
+    if rt.amp and device != "cuda":
+        return "runtime.amp=true: mixed precision needs a CUDA device, and this run would train on the CPU " \
+               "(set runtime.amp=false)"
+    choice = getattr(settings.optimizer, "embedding_grad", None)
+    if choice is not None and choice.value == "deferred" and device != "cpu":
+        return f"optimizer.embedding_grad=deferred runs on the CPU; this run is on {device} " \
+               "(use optimizer.embedding_grad=auto)"
     return None
 
 
@@ -119,10 +139,12 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
         return JobResult(write_job_file(job.dir, job.overrides, outcome="failed", status="failed",
                                         error=f"{type(ex).__name__}: {ex}", **common))
 
-    create = not settings.ledger.plan  # a plan writes nothing
     cache_root = builders.cache_dir(settings.runtime, job.base_dir)
-    problem = (_directory_problem(store_root, f"ledger.store={settings.ledger.store}", create=create)
-               or _directory_problem(cache_root, _cache_setting(settings), create=create))
+    # The store must take a new entry (unless this is a plan, which writes nothing); the cache only
+    # when its entry is not built yet: a prebuilt read-only cache is fine (see prepare below).
+    problem = (_directory_problem(store_root, f"ledger.store={settings.ledger.store}",
+                                  writable=not settings.ledger.plan)
+               or _directory_problem(cache_root, _cache_setting(settings), writable=False))
     if problem:
         return bad_input(DirectoryError(problem))
     source = builders.data_source(settings.data, job.base_dir, cache_root)
@@ -131,6 +153,8 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
         fingerprint = data_fingerprint(source, split)
     except DataError as ex:  # e.g. a data file that does not exist: nothing to identify, nothing to run
         return bad_input(ex)
+    if settings.runtime.threads == 0:  # torch's default: what the run will train on
+        settings.runtime.threads = torch.get_num_threads()
     identity = store.run_identity(to_plain(settings), fingerprint)
     entry = store.Entry(store_root / identity.run_id)
     status = entry.status()
@@ -140,9 +164,6 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
     if settings.ledger.plan:
         return JobResult(write_job_file(job.dir, job.overrides, outcome="plan", action=action, status=status,
                                         **common))
-    if action == "busy":
-        log.warning("%s: run %s is in progress in another process; not starting it twice", job.name, identity.run_id)
-        return finish(outcome="busy", status="running", **common)
     if action == "skip":
         log.info("%s: already %s in the store, skipped -> %s", job.name, status, entry.record_path)
         return finish(entry.record(), outcome="skipped", status=status, **common)
@@ -154,15 +175,25 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
         data = prepare(source, split, builders.tokenizer_options(settings.tokenizer), cache_root, progress=progress)
     except DataError as ex:
         return bad_input(ex, **common)
+    except OSError as ex:  # the cache's entry had to be built, and its directory cannot be written
+        return bad_input(DirectoryError(f"{_cache_setting(settings)}: cannot write the data cache {cache_root}: "
+                                        f"{ex.strerror or ex}"), **common)
+    if action == "busy":
+        log.info("%s: run %s is training in another process; waiting for it (at most %ss, ledger.busy_wait)",
+                 job.name, identity.run_id, settings.ledger.busy_wait)
     try:
-        with entry.lock():
+        # Whatever the record said a moment ago, another process may hold the entry now: wait for it.
+        with entry.lock(timeout=settings.ledger.busy_wait):
             # Decided before the lock: look again now that no one else can change the entry.
             status = entry.status(holding_lock=True)
             action = store.decide(status, settings.ledger.force, entry.checkpoint_path.is_file())
             if action == "skip":
                 return finish(entry.record(), outcome="skipped", status=status, **common)
             previous = entry.record() or {}
-            attempt = previous.get("attempt", 1) if action == "resume" else previous.get("attempt", 0) + 1
+            # A new attempt (and W&B run) only when a run is trained again from scratch after it
+            # ended: a run cut before its first checkpoint starts over in the same W&B run.
+            again = action == "train" and status not in ("new", "interrupted")
+            attempt = previous.get("attempt", 0) + 1 if again or not previous else previous.get("attempt", 1)
             if action == "train":
                 entry.checkpoint_path.unlink(missing_ok=True)
             try:
@@ -175,7 +206,8 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
                 log.error("%s: %s", job.name, ex)
                 return result
     except Timeout:
-        log.warning("%s: run %s is in progress in another process; not starting it twice", job.name, identity.run_id)
+        log.warning("%s: run %s is still training in another process after ledger.busy_wait=%ss; not starting it "
+                    "twice", job.name, identity.run_id, settings.ledger.busy_wait)
         return finish(outcome="busy", status="running", **common)
     outcome = "resumed" if record["resumed_from_epoch"] is not None else "trained"
     return finish(record, outcome=outcome, status=record["status"], **common)

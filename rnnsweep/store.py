@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -26,10 +27,15 @@ from filelock import FileLock, Timeout
 
 from . import __version__
 
-# Keys that cannot change what a run computes: how it is watched, how many threads share the
-# work, which implementation of the same layer runs it, and where things are written. Dotted prefixes.
-NON_RESULT_KEYS = ("logger", "runtime.threads", "runtime.compiled_rnn", "runtime.progress", "runtime.cache_dir",
-                   "ledger")
+log = logging.getLogger(__name__)
+
+# Keys that cannot change what a run computes: how it is watched, where things are written, and
+# how many threads share the work of rnnsweep's compiled layers (which split a batch by sequence,
+# each computed as on one thread). Dotted prefixes; tests/test_ledger.py trains twice for each
+# and compares the metrics byte for byte. Not among them: runtime.compiled_rnn (the compiled
+# layers and torch's round differently), and, for torch's own layers, the thread count (see
+# run_identity).
+NON_RESULT_KEYS = ("logger", "runtime.threads", "runtime.progress", "runtime.cache_dir", "ledger")
 
 RECORD = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
@@ -93,7 +99,12 @@ class Identity:
 
 
 def run_identity(config: dict[str, Any], data_fingerprint: str) -> Identity:
+    """`config`: the plain resolved config, its runtime.threads the number the run trains on."""
     core = _without(config, NON_RESULT_KEYS)
+    if not config["runtime"]["compiled_rnn"]:
+        # torch's own layers (and its reductions) split their sums by thread: another thread
+        # count, other roundings, another result.
+        core["runtime"]["threads"] = config["runtime"]["threads"]
     payload = {"config": core, "data": data_fingerprint, "rnnsweep": __version__}
     group_payload = {**payload, "config": _without(core, ("seed",))}
     return Identity(digest(payload), digest(group_payload))
@@ -129,9 +140,10 @@ class Entry:
             return "running" if not holding_lock and self.is_locked() else "interrupted"
         return record["status"]
 
-    def lock(self) -> FileLock:
+    def lock(self, timeout: float = 0) -> FileLock:
+        """The entry's lock (created with the entry); `timeout` seconds to wait for another holder."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(self.dir / LOCK, timeout=0)
+        return FileLock(self.dir / LOCK, timeout=timeout)
 
     def is_locked(self) -> bool:
         if not (self.dir / LOCK).exists():
@@ -145,12 +157,41 @@ class Entry:
         return False
 
 
+STATUSES = ("completed", "diverged", "failed", "interrupted", "running")
+
+
+def record_problem(record: Any) -> str | None:
+    """Why `record` is not a result record a report or the store can trust; None if it is one."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not a mapping"
+    if record.get("status") not in STATUSES:
+        return f"status {record.get('status')!r} is not one of {', '.join(STATUSES)}"
+    for key in ("metrics", "config"):
+        if not isinstance(record.get(key), dict):
+            return f"'{key}' is not a mapping"
+    if not isinstance(record.get("history", []), list):
+        return "'history' is not a list"
+    if record["status"] == "completed" and not all(
+            isinstance(record["metrics"].get(k), (int, float)) for k in ("test/acc", "val/acc")):
+        return "a completed run without its test/acc and val/acc"
+    return None
+
+
 def read_record(path: Path) -> dict[str, Any] | None:
-    """The result record at `path`, or None when there is none or it cannot be read."""
+    """The result record at `path`; None when there is none or it is damaged (unreadable, or not
+    of a record's shape): a damaged record is a run to train again, and it says so."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as ex:
+        log.warning("%s is damaged (%s); its run is trained again", path, ex)
+        return None
+    problem = record_problem(record)
+    if problem:
+        log.warning("%s is damaged (%s); its run is trained again", path, problem)
+        return None
+    return record
 
 
 def write_record(directory: Path, record: dict[str, Any]) -> Path:

@@ -19,8 +19,15 @@ from .data.batches import Batch
 from .progress import tqdm
 
 
+# An epoch whose mean training loss is this many times the loss of guessing (ln K for K classes)
+# has exploded: a run at a learning rate far too high settles there, its accuracy a coin toss
+# that a table must not average or call best.
+EXPLODED = 10.0
+
+
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite; `history` holds the epochs finished before."""
+    """The training loss became NaN or infinite, or exploded (see EXPLODED); `history` holds the
+    epochs finished before."""
 
     def __init__(self, message: str, history: list[dict[str, float]]):
         super().__init__(message)
@@ -246,6 +253,10 @@ def fit(
             "train/acc": ep_correct / max(ep_n, 1),
             "train/examples_per_s": ep_n / epoch_seconds if epoch_seconds > 0 else 0.0,
         }
+        chance = math.log(num_classes)
+        if record["train/loss"] > EXPLODED * chance:
+            raise Diverged(f"training loss {record['train/loss']:.4g} in epoch {epoch} is more than {EXPLODED:g} "
+                           f"times the loss of guessing (ln {num_classes} = {chance:.3f}): it exploded", history)
         val = evaluate(model, val_batches(), num_classes, device, amp)
         record.update({f"val/{k}": v for k, v in val.items()})
         history.append(record)

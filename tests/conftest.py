@@ -44,6 +44,15 @@ def shared_cache(tmp_path_factory):
 
 
 @pytest.fixture
+def no_wandb_account(monkeypatch, tmp_path):
+    """A user without a W&B account: runs log offline, nothing reaches the network."""
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture
 def compose_cfg():
     return compose_config
 

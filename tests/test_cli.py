@@ -25,15 +25,28 @@ from wandb_records import read_offline_run
         (["batching.batch_size=8"], "did you mean train.batch_size? (batching has: mode, native_packing"),
         (["-m", "topology.layers=1,2"], "did you mean topology.num_layers?"),
         (["lr=0.1"], "did you mean optimizer.lr?"),
+        (["optimizer.lr=nan"], "optimizer.lr=nan: must be a positive number"),
+        (["optimizer.lr=inf"], "optimizer.lr=inf: must be a positive number"),
+        (["optimizer.eps=-1e-8"], "optimizer.eps=-1e-08: must be a positive number"),
+        (["optimizer=adamw", "optimizer.weight_decay=inf"], "optimizer.weight_decay=inf: must be a number >= 0"),
+        (["runtime.threads=100000"], "runtime.threads=100000: must be 0 (the launcher's share of the cores) to 1024"),
+        (["seed=99999999999"], "seed=99999999999: must be in [0, 4294967295]"),
+        (["ledger.store="], "ledger.store='': must name a directory"),
+        (["data.train_size=100000000"], "data.train_size=100000000: must be in [10, 2,000,000]"),
+        (["runtime.device=cuda"], "runtime.device=cuda: no CUDA device is visible"),
+        (["runtime.amp=true"], "runtime.amp=true: mixed precision needs a CUDA device"),
     ],
 )
 def test_bad_input_fails_before_training_with_one_line(tmp_path, args, expected):
-    res = run_cli(args, cwd=tmp_path)
+    if "runtime.device=cuda" in args or "runtime.amp=true" in args:
+        pytest.importorskip("torch").cuda.is_available() and pytest.skip("this machine has CUDA")
+    res = run_cli(args, cwd=tmp_path, RNNSWEEP_CACHE_DIR=str(tmp_path / "cache"))
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rnnsweep: error: "), res.stderr
     assert expected in lines[0]
-    assert not list(tmp_path.rglob("metrics.json"))
+    # Nothing written: no outputs/run/<time>/ with a .hydra/ and an empty log, no store, no cache.
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("where", ["ledger.store", "runtime.cache_dir", "RNNSWEEP_CACHE_DIR"])
@@ -194,3 +207,36 @@ def test_console_script_from_a_built_wheel_in_a_fresh_venv(tmp_path):
     assert res.returncode == 0, res.stderr
     assert len(list(work.glob("outputs/multirun/*/*/metrics.json"))) == 2
     assert run_cli(["model=transformer"], cwd=work, exe=exe).returncode == 2
+
+
+def test_bad_data_is_one_line_naming_the_file_and_leaves_nothing_behind(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text("text,label\n" + "".join(f"row {i},{i % 2 + 1}\n" for i in range(40)) + "odd,1.5\n")
+    res = run_cli(["data=csv", f"data.train={data / 'train.csv'}", "logger=none", "data.label_column=label"],
+                  cwd=tmp_path, RNNSWEEP_CACHE_DIR=str(tmp_path / "cache"))
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"rnnsweep: error: {data / 'train.csv'}:42: label '1.5' is not an integer, unlike 40 of the 41 labels; "
+        "correct it (labels are integers or names, not both)"], res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no outputs/, no store, no cache, no .lock
+
+
+def test_a_prebuilt_cache_that_cannot_be_written_is_used_as_it_is(compose_cfg, tmp_path, monkeypatch):
+    """Shared datasets on a cluster: a read-only cache whose entry exists loads; nothing is written."""
+    import os
+
+    from rnnsweep import config, run
+
+    def settings(seed: int):
+        return config.validate(compose_cfg([*TINY, f"seed={seed}", f"runtime.cache_dir={tmp_path / 'cache'}"]))
+
+    built = run.run_job(settings(0), run.Job(dir=tmp_path / "a", base_dir=tmp_path), tmp_path / "store",
+                        raise_on_failure=True)
+    assert built.job["outcome"] == "trained"
+    writable, cache = os.access, tmp_path / "cache"
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path).is_relative_to(cache)
+                        and mode & os.W_OK else writable(path, mode, **kw))
+    reused = run.run_job(settings(1), run.Job(dir=tmp_path / "b", base_dir=tmp_path), tmp_path / "store",
+                         raise_on_failure=True)
+    assert reused.job["outcome"] == "trained" and reused.record["data"]["cache"] == built.record["data"]["cache"]

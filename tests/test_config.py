@@ -120,7 +120,7 @@ def test_seed_notebook_reproduces_the_lesson_settings(compose_cfg):
         (["topology.num_layers=0"], "topology.num_layers=0: must be at least 1"),
         (["train.epochs=-1"], "train.epochs=-1: must be at least 1"),
         (["topology.dropout=0.3"], "topology.dropout=0.3"),
-        (["optimizer.lr=0"], "optimizer.lr=0.0: must be positive"),
+        (["optimizer.lr=0"], "optimizer.lr=0.0: must be a positive number"),
         (["optimizer.lr=abc"], "optimizer.lr"),
         (["optimizer=sgd", "optimizer.momentum=1.5"], "optimizer.momentum=1.5"),
         (["model=bow", "topology=bi"], "model=bow has no recurrent stack"),

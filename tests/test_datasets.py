@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 import random
 import subprocess
@@ -143,6 +145,39 @@ def test_empty_texts_are_dropped_and_counted(tmp_path):
     assert rows.texts == ["ok", "fine"] and rows.dropped_empty == 2
 
 
+def labels_file(tmp_path, name: str, labels: list[str]):
+    body = "text,label\n" + "".join(f"row {i},{label}\n" for i, label in enumerate(labels))
+    return read_table(write(tmp_path / name, body), fmt="csv", text_columns=["text"], label_column="label",
+                      header=True, drop_empty=True)
+
+
+def test_one_non_integer_label_in_an_integer_file_is_an_error_naming_its_line(tmp_path):
+    # It used to turn every label into a name: label 2 became class 3, label_offset ignored.
+    train = labels_file(tmp_path, "t.csv", ["1", "2", "1.5", "3", "2"])
+    with pytest.raises(DataError, match=r"t\.csv:4: label '1\.5' is not an integer, unlike 4 of the 5 labels"):
+        map_labels([train], classes=None, offset=1)
+    # A file of names stays a file of names, digits among them or not.
+    (named,) = map_labels([labels_file(tmp_path, "n.csv", ["pos", "neg", "3", "pos"])], classes=None, offset=0)
+    assert named.class_names == ["3", "neg", "pos"]
+
+
+@pytest.mark.parametrize("labels,gap", [(["1", "2", "7", "1"], "leave 4 class(es) without a training row (3, 4, 5, 6"),
+                                        (["1", "2", "100000000"], "leave 99999997 class(es)")])
+def test_integer_labels_with_gaps_are_an_error_not_empty_classes(tmp_path, labels, gap):
+    train = labels_file(tmp_path, "t.csv", labels)
+    with pytest.raises(DataError, match=re.escape(gap)):
+        map_labels([train], classes=None, offset=1)  # before allocating anything per class
+    with pytest.raises(DataError, match=r"below data.label_offset=1"):
+        map_labels([labels_file(tmp_path, "z.csv", ["0", "1", "2"])], classes=None, offset=1)
+
+
+def test_training_data_of_one_class_is_an_error(tmp_path):
+    with pytest.raises(DataError, match=r"t\.csv: every training row has the label 'spam'; .* at least two classes"):
+        map_labels([labels_file(tmp_path, "t.csv", ["spam", "spam"])], classes=None, offset=0)
+    with pytest.raises(DataError, match="every training row has the label '1'"):
+        map_labels([labels_file(tmp_path, "i.csv", ["1", "1", "1"])], classes=None, offset=1)
+
+
 def test_a_label_outside_the_declared_classes_names_its_line(tmp_path):
     train = read_table(write(tmp_path / "tr.csv", "text,label\na,1\nb,2\n"), fmt="csv", text_columns=["text"],
                        label_column="label", header=True, drop_empty=True)
@@ -241,7 +276,7 @@ def test_a_failed_load_caches_nothing(tmp_path):
                    label_column="label", header=True, label_offset=0, classes=["a", "b"], drop_empty=True)
     with pytest.raises(DataError, match="train.csv:3: label '7'"):
         prepare(source, SplitOptions(0.1, seed=0), TokenizerOptions(), tmp_path / "cache")
-    assert [p.name for p in (tmp_path / "cache" / "encoded").iterdir() if not p.name.endswith(".lock")] == []
+    assert not (tmp_path / "cache").exists()  # no entry, no lock file, not even the directories
 
 
 PREPARE = """

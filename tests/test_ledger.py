@@ -25,12 +25,63 @@ def identity(compose_cfg, overrides):
 
 def test_identity_ignores_what_cannot_change_the_result(compose_cfg):
     base = identity(compose_cfg, [])
-    for harmless in (["logger=wandb"], ["runtime.threads=2"], ["runtime.compiled_rnn=false"], ["runtime.progress=on"],
+    for harmless in (["logger=wandb"], ["runtime.threads=2"], ["runtime.progress=on"],
                      ["ledger.force=true"], ["ledger.store=/elsewhere"], ["logger.log_every=7"]):
         assert identity(compose_cfg, harmless) == base, harmless
     for meaningful in (["optimizer.lr=0.01"], ["model=gru"], ["data.seed=9"], ["data.variant=long_range"],
-                       ["train.epochs=2"], ["batching=packed"]):
+                       ["train.epochs=2"], ["batching=packed"], ["runtime.compiled_rnn=false"]):
         assert identity(compose_cfg, meaningful)[0] != base[0], meaningful
+    # torch's own layers round differently on another number of threads: then the count counts.
+    torch_layers = identity(compose_cfg, ["runtime.compiled_rnn=false"])
+    assert identity(compose_cfg, ["runtime.compiled_rnn=false", "runtime.threads=2"]) != torch_layers
+
+
+def untimed(record: dict) -> str:
+    """The record's metrics and history, byte for byte, without the clock's figures."""
+    metrics = {k: v for k, v in record["metrics"].items() if k not in TIMING}
+    history = [{k: v for k, v in h.items() if k not in TIMING} for h in record["history"]]
+    return json.dumps([metrics, history])
+
+
+# Every key the identity leaves out, with two values, and the models to try it on.
+EXCLUDED = [
+    ("runtime.threads", "1", "2", ("lstm", "gru", "rnn", "bow")),
+    ("logger", "none", "wandb", ("lstm",)),
+    ("logger.log_every", "50", "1", ("lstm",)),
+    ("runtime.progress", "off", "on", ("lstm",)),
+    ("runtime.cache_dir", "cache_a", "cache_b", ("lstm",)),
+    ("ledger.keep_checkpoint", "false", "true", ("gru",)),
+    ("ledger.force", "false", "true", ("gru",)),
+    ("ledger.store", "store_a", "store_b", ("gru",)),
+    ("ledger.fail_on_error", "true", "false", ("gru",)),
+    ("ledger.busy_wait", "3600", "0", ("gru",)),
+]
+
+
+def test_every_key_the_identity_leaves_out_is_one():
+    """A key added to NON_RESULT_KEYS without a byte-for-byte check below fails here."""
+    checked = {key for key, *_ in EXCLUDED}
+    for prefix in store.NON_RESULT_KEYS:
+        assert prefix in checked or prefix == "ledger", prefix
+    assert {f"ledger.{k}" for k in ("keep_checkpoint", "force", "store", "fail_on_error", "busy_wait")} <= checked
+
+
+@pytest.mark.parametrize("key,first,second,models", EXCLUDED, ids=[e[0] for e in EXCLUDED])
+def test_a_key_the_identity_leaves_out_changes_no_metric(compose_cfg, tmp_path, no_wandb_account, key, first,
+                                                          second, models):
+    for model in models:
+        records = []
+        for value in (first, second):
+            if key in ("runtime.cache_dir", "ledger.store"):
+                value = str(tmp_path / model / value)
+            overrides = [*TINY, f"model={model}", "train.epochs=2", "runtime.device=cpu",
+                         f"{key}={value}" if key != "logger" else f"logger={value}"]
+            if model == "bow":
+                overrides.append("model.pooling=mean")
+            settings = config.validate(compose_cfg(overrides))
+            records.append(run.train(settings, None, tmp_path / model / f"{key}={value}".replace("/", "_")))
+        assert [r["status"] for r in records] == ["completed", "completed"]
+        assert untimed(records[0]) == untimed(records[1]), (key, model)
 
 
 def test_group_id_is_shared_by_seed_repeats_only(compose_cfg):
@@ -63,12 +114,23 @@ def test_a_running_entry_is_told_from_a_cut_one_by_its_lock(tmp_path):
     entry = store.Entry(tmp_path / "abc")
     assert entry.status() == "new"
     entry.dir.mkdir()
-    entry.record_path.write_text(json.dumps({"status": "running"}))
+    entry.record_path.write_text(json.dumps({"status": "running", "config": {}, "metrics": {}}))
     assert entry.status() == "interrupted"  # nobody holds the lock: the process died
     with FileLock(entry.dir / store.LOCK):
         assert entry.status() == "running"
     entry.record_path.write_text("{ half a rec")
     assert entry.status() == "new"  # unreadable record: nothing to trust
+
+
+@pytest.mark.parametrize("damage", ["[]", '{"status": "bogus", "config": {}, "metrics": {}}', '{"status": "completed"}',
+                                    '{"status": "completed", "config": {}, "metrics": {"test/acc": "high"}}', "null"])
+def test_a_record_of_the_wrong_shape_is_damaged_and_its_run_trained_again(tmp_path, caplog, damage):
+    entry = store.Entry(tmp_path / "abc")
+    entry.dir.mkdir()
+    entry.record_path.write_text(damage)
+    assert entry.status() == "new"
+    assert store.decide(entry.status(), force=False, has_checkpoint=False) == "train"
+    assert "is damaged" in caplog.text and "trained again" in caplog.text
 
 
 @pytest.mark.parametrize("extra", [["model=lstm"], ["model=gru", "topology=deep", "batching=packed"]])
@@ -104,7 +166,19 @@ def test_an_unreadable_checkpoint_means_training_from_scratch(compose_cfg, tmp_p
 def test_the_lock_holder_sees_a_running_record_as_its_own_to_resume(tmp_path):
     entry = store.Entry(tmp_path / "abc")
     entry.dir.mkdir()
-    entry.record_path.write_text(json.dumps({"status": "running"}))
+    entry.record_path.write_text(json.dumps({"status": "running", "config": {}, "metrics": {}}))
     with entry.lock():
         assert entry.status() == "running"
         assert entry.status(holding_lock=True) == "interrupted"
+
+
+def test_the_store_never_hands_one_implementations_result_to_another(compose_cfg, tmp_path):
+    """compiled_rnn=true then false on one store: the second trains, it does not copy the first."""
+    results = []
+    for overrides in (["runtime.compiled_rnn=true"], ["runtime.compiled_rnn=false"],
+                      ["runtime.compiled_rnn=false", "runtime.threads=2"], ["runtime.compiled_rnn=true", "runtime.threads=2"]):
+        settings = config.validate(compose_cfg([*TINY, "model=lstm", "runtime.device=cpu", *overrides]))
+        job = run.Job(dir=tmp_path / "jobs" / str(len(results)))
+        results.append(run.run_job(settings, job, tmp_path / "store", raise_on_failure=True).job)
+    assert [r["outcome"] for r in results] == ["trained", "trained", "trained", "skipped"]
+    assert len({r["id"] for r in results[:3]}) == 3 and results[3]["id"] == results[0]["id"]

@@ -183,13 +183,26 @@ def test_provenance_warns_when_runs_differ_in_commit(sweep):
 
 
 def test_bad_input_is_one_clear_error(tmp_path):
-    with pytest.raises(ReportError, match="no result records"):
+    with pytest.raises(ReportError, match="no usable result records"):
         build([str(tmp_path)], None)
     bad = tmp_path / "x" / "metrics.json"
     bad.parent.mkdir()
     bad.write_text("{ not json")
-    with pytest.raises(ReportError, match=r"x/metrics.json: not a JSON result record"):
+    with pytest.raises(ReportError, match=r"no usable result records .*x/metrics.json: left out, not a JSON result record"):
         build([str(tmp_path)], None)
+
+
+@pytest.mark.parametrize("damage", ["[]", '{"status": "bogus"}', "{ not json",
+                                    '{"status": "completed", "config": {}, "metrics": [1, 2]}',
+                                    '{"status": "completed", "config": {}, "metrics": {}}'])
+def test_a_damaged_record_is_left_out_with_a_warning_and_the_rest_reported(sweep, damage):
+    intact = len(build([str(sweep)], None).runs)
+    path = sweep / "damaged" / "metrics.json"
+    path.parent.mkdir()
+    path.write_text(damage)
+    report = build([str(sweep)], None)
+    assert len(report.runs) == intact
+    assert any(w.startswith(f"{path}: left out") for w in report.warnings), report.warnings
 
 
 def test_wandb_report_spec_is_built_offline(sweep):

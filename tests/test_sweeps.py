@@ -154,3 +154,66 @@ def test_a_sweep_dir_used_again_reports_only_the_new_sweep(tmp_path):
     assert second.returncode == 0, second.stdout + second.stderr
     assert "1 completed (1 jobs)" in second.stdout  # jobs 1 and 2 of the first sweep are not this sweep's
     assert (sweep / "runs.csv").read_text().count("\n") == 2  # header + the one run
+
+
+@pytest.mark.slow
+def test_a_run_cut_before_its_first_checkpoint_starts_over_in_the_same_wandb_run(tmp_path):
+    store = tmp_path / "store"
+    args = [*SMALL, "train.epochs=2", "data.train_size=3000", "logger=wandb", f"ledger.store={store}"]
+    proc = start(args, tmp_path)
+
+    def training_without_checkpoint() -> bool:
+        records = list(store.glob("*/metrics.json"))
+        return bool(records) and '"running"' in records[0].read_text() and not any(store.glob("*/checkpoint.pt"))
+
+    wait_for(training_without_checkpoint, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not any(store.glob("*/checkpoint.pt"))
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    (entry,) = store.iterdir()
+    record = json.loads((entry / "metrics.json").read_text())
+    assert record["status"] == "completed" and record["attempt"] == 1 and record["resumed_from_epoch"] is None
+    ids = {d.name.rsplit("-", 1)[1] for d in (entry / "wandb").glob("offline-run-*")}
+    assert ids == {record["id"]} == {record["wandb"]["id"]}  # one W&B run, not <id> and <id>-2
+
+
+@pytest.mark.slow
+def test_an_exception_anywhere_in_a_job_fails_that_job_and_the_sweep_still_reports(tmp_path):
+    store = tmp_path / "store"
+    common = ["-m", "model=rnn,gru", "data.train_size=200", "data.test_size=40", "train.epochs=1", "logger=none",
+              "runtime.progress=off", f"ledger.store={store}"]
+    plan = run_cli([*common, "ledger.plan=true", f"hydra.sweep.dir={tmp_path / 'plan'}"], cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    first_id = jobs(tmp_path / "plan")[0]["id"]
+    store.mkdir()
+    (store / first_id).write_text("a file where the run's directory goes")  # the job fails while it sets up
+    res = run_cli([*common, f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert res.returncode == 1
+    outcome = {j["overrides"][0]: j for j in jobs(tmp_path / "sweep")}
+    assert outcome["model=rnn"]["outcome"] == "failed" and "Error" in outcome["model=rnn"]["error"]
+    assert outcome["model=gru"]["outcome"] == "trained"
+    assert "1 completed, 1 failed (2 jobs)" in res.stdout
+    assert (tmp_path / "sweep" / "summary.txt").is_file() and (tmp_path / "sweep" / "report.md").is_file()
+    assert "Traceback" not in res.stderr.split("Sweep summary")[-1]
+
+
+@pytest.mark.slow
+def test_two_identical_sweeps_on_one_store_train_each_run_once_and_both_report_every_run(tmp_path):
+    store = tmp_path / "store"
+    # Runs long enough (seconds) that the second sweep starts while the first is training.
+    common = ["-m", "model=rnn,gru", *SMALL, "data.train_size=20000", "train.epochs=4", "model.hidden_dim=48",
+              "logger=none", f"ledger.store={store}"]
+    first = start([*common, f"hydra.sweep.dir={tmp_path / 'a'}"], tmp_path)
+    wait_for(lambda: any('"running"' in p.read_text() for p in store.glob("*/metrics.json")), first)
+    second = run_cli([*common, f"hydra.sweep.dir={tmp_path / 'b'}"], cwd=tmp_path)
+    assert first.wait(timeout=300) == 0
+    assert second.returncode == 0, second.stdout + second.stderr
+    b = jobs(tmp_path / "b")
+    assert {j["status"] for j in b} == {"completed"} and "waiting for it" in second.stdout + second.stderr
+    assert sorted(j["outcome"] for j in b) in (["skipped", "skipped"], ["skipped", "trained"])
+    trained = [j for sweep in ("a", "b") for j in jobs(tmp_path / sweep) if j["outcome"] == "trained"]
+    assert len(trained) == 2  # each run trained once, by one of the two sweeps
+    for sweep in ("a", "b"):
+        assert (tmp_path / sweep / "runs.csv").read_text().count("\n") == 3  # header + both runs

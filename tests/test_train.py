@@ -122,3 +122,19 @@ def test_step_and_epoch_metrics_are_the_example_weighted_loss_and_accuracy_of_th
     assert epoch["train/loss"] == pytest.approx(sum(losses) / sum(sizes))
     assert epoch["train/acc"] == pytest.approx(sum(correct) / sum(sizes))
     assert state.train_examples == sum(sizes)
+
+
+def test_an_exploding_loss_ends_the_run_as_diverged_and_no_table_averages_or_bolds_it(compose_cfg, tmp_path):
+    from rnnsweep.report import build
+
+    # Finite all along, just huge: a learning rate of a million.
+    exploded = train_tiny(compose_cfg, tmp_path / "a", ["model=lstm", "optimizer.lr=1e6", "train.epochs=2"])
+    assert exploded["status"] == "diverged", exploded["metrics"]
+    assert "times the loss of guessing" in exploded["error"]["message"]
+    assert "test/acc" not in exploded["metrics"]
+    sane = train_tiny(compose_cfg, tmp_path / "b", ["model=lstm", "train.epochs=2"])
+    assert sane["status"] == "completed"
+    report = build([str(tmp_path)], None)
+    rows = [line for line in report.table_markdown.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 1 and "1e+06" not in rows[0] and "1000000" not in rows[0]
+    assert "Excluded from the means: 1 diverged" in report.table_markdown

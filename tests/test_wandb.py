@@ -14,14 +14,6 @@ from rnnsweep import config, run, store, tracking
 from wandb_records import read_offline_run
 
 
-@pytest.fixture
-def no_wandb_account(monkeypatch, tmp_path):
-    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-
-
 def offline_runs(out_dir: Path):
     return sorted((out_dir / "wandb").glob("offline-run-*"))
 

@@ -113,6 +113,8 @@ def load_entry(directory: Path) -> Splits | None:
         return None
     try:
         meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+            raise ValueError("meta.json is not a mapping with a 'files' mapping")
         for name, expected in meta["files"].items():
             path = directory / name
             if not path.is_file() or path.stat().st_size != expected["size"]:
@@ -126,11 +128,15 @@ def load_entry(directory: Path) -> Splits | None:
             if len(offsets) != len(labels) + 1 or int(offsets[-1]) != len(ids):
                 raise ValueError(f"{split} arrays do not agree in length")
             parts[split] = EncodedTexts(ids, offsets, labels)
-    except (ValueError, KeyError, OSError) as ex:
-        log.warning("encoded cache %s is damaged (%s); rebuilding it", directory, ex)
+        splits = Splits(parts["train"], parts["val"], parts["test"], int(meta["vocab_size"]),
+                        tuple(str(c) for c in meta["class_names"]), meta=meta, directory=directory)
+        if "fingerprint" not in meta:
+            raise KeyError("fingerprint")
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as ex:
+        # Garbled, truncated, or valid JSON of the wrong shape: all the same, rebuilt.
+        log.warning("encoded cache %s is damaged (%s: %s); rebuilding it", directory, type(ex).__name__, ex)
         return None
-    return Splits(parts["train"], parts["val"], parts["test"], meta["vocab_size"], tuple(meta["class_names"]),
-                  meta=meta, directory=directory)
+    return splits
 
 
 def _split_rows(raw: RawData, split: SplitOptions) -> tuple[list[str], dict[str, np.ndarray], np.ndarray]:
@@ -223,20 +229,31 @@ def prepare(source: Source, split: SplitOptions, tok: TokenizerOptions, cache_ro
     splits = load_entry(directory)
     if splits is not None:
         return splits
+    created = [d for d in (cache_root, root) if not d.exists()]
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f"{key}.lock")):
-        splits = load_entry(directory)  # another process may have built it while we waited
-        if splits is not None:
-            return splits
-        for stale in root.glob(f".{key}.tmp-*"):  # left by a build that was killed
-            shutil.rmtree(stale, ignore_errors=True)
-        raw = source.read(progress=progress)
-        for warning in raw.warnings:
-            log.warning("%s", warning)
-        build_entry(raw, split, tok, directory, fingerprint=fingerprint, progress=progress)
-        log.info("encoded cache built: %s", directory)
-        splits = load_entry(directory)
-        if splits is None:
-            raise RuntimeError(f"the encoded cache {directory} could not be read back after building it")
+    lock = root / f"{key}.lock"
+    try:
+        with FileLock(str(lock)):
+            splits = load_entry(directory)  # another process may have built it while we waited
+            if splits is not None:
+                return splits
+            for stale in root.glob(f".{key}.tmp-*"):  # left by a build that was killed
+                shutil.rmtree(stale, ignore_errors=True)
+            raw = source.read(progress=progress)
+            for warning in raw.warnings:
+                log.warning("%s", warning)
+            build_entry(raw, split, tok, directory, fingerprint=fingerprint, progress=progress)
+            log.info("encoded cache built: %s", directory)
+            splits = load_entry(directory)
+            if splits is None:
+                raise RuntimeError(f"the encoded cache {directory} could not be read back after building it")
+    except DataError:
+        # Bad input builds nothing, and leaves nothing behind: the lock file, and the directories
+        # this call made, go again (a process still waiting on the lock fails on the same input).
+        lock.unlink(missing_ok=True)
+        for d in reversed(created):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
     splits.built = True
     return splits

@@ -205,16 +205,38 @@ def map_labels(files: Sequence[Rows], *, classes: Sequence[str] | None, offset: 
     """Integer labels (minus `offset`) or names; a label outside the declared classes names its line.
 
     The classes come from `classes` when given; otherwise from the first file (the training file):
-    its integers 0..max, or its distinct names, sorted.
+    its integers offset..max, or its distinct names, sorted. Refused, each with the file (and line):
+    a file of integer labels with a few that are not integers (a typo would otherwise turn every
+    label into a name), integers that leave classes without a single training row (1, 2, 7; or a
+    typo'd 100000000), and training data of a single class.
     """
     first = files[0]
-    integer = all(_is_int(v) for f in files for v in f.labels)
+    if not first.labels:
+        raise DataError(f"{first.path}: no labelled rows to train on")
+    values = [v for f in files for v in f.labels]
+    integers = sum(_is_int(v) for v in values)
+    integer = integers == len(values)
+    if not integer and integers > len(values) // 2:
+        rows, value, line = next((f, v, n) for f in files for v, n in zip(f.labels, f.lines) if not _is_int(v))
+        raise DataError(f"{rows.path}:{line}: label '{value}' is not an integer, unlike {integers} of the "
+                        f"{len(values)} labels; correct it (labels are integers or names, not both)")
     if integer:
         if classes is not None:
             names = list(classes)
         else:
-            top = max(int(v) - offset for v in first.labels)
-            names = [str(i) for i in range(top + 1)]
+            seen = sorted({int(v) - offset for v in first.labels})
+            if seen[0] < 0:
+                raise DataError(f"{first.path}: label {seen[0] + offset} is below data.label_offset={offset} "
+                                "(the value of the first class)")
+            if seen[-1] + 1 != len(seen):
+                empty = sorted(set(range(seen[-1] + 1)) - set(seen))
+                shown = ", ".join(str(i + offset) for i in empty[:5]) + (", ..." if len(empty) > 5 else "")
+                raise DataError(
+                    f"{first.path}: integer labels {', '.join(str(i + offset) for i in seen[:8])}"
+                    f"{', ...' if len(seen) > 8 else ''} leave {len(empty)} class(es) without a training row "
+                    f"({shown}; data.label_offset={offset}); number the classes without gaps, or name them "
+                    "in order with data.classes")
+            names = [str(i) for i in range(len(seen))]
         mapping = {str(i + offset): i for i in range(len(names))}
     else:
         if classes is not None:
@@ -234,6 +256,10 @@ def map_labels(files: Sequence[Rows], *, classes: Sequence[str] | None, offset: 
                 raise DataError(f"{rows.path}:{line}: label '{value}' is outside the declared classes ({expected})")
             indices.append(mapping[key])
         out.append(Labels(indices, names, mapping))
+    if len(set(out[0].indices)) < 2:
+        only = first.labels[0] if first.labels else "none"
+        raise DataError(f"{first.path}: every training row has the label '{only}'; a classifier needs rows of at "
+                        "least two classes")
     return out
 
 

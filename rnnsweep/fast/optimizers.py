@@ -19,7 +19,7 @@ from collections import OrderedDict, defaultdict
 import numpy as np
 import torch
 
-from .row_adam import catch_up, catch_up_all, adam_rows, gradient_rows
+from .row_adam import adam_rows, catch_up, catch_up_all, gradient_rows
 
 
 class FastOptimizer(torch.optim.Optimizer):
@@ -158,13 +158,14 @@ class DenseAdam(AdamMoments):
 
 
 class RowAdam(AdamMoments):
-    """torch.optim.SparseAdam's algorithm (lazy Adam), row by row.
+    """torch.optim.SparseAdam (lazy Adam), to the bit: for the rows a step's sparse gradient
+    names, SparseAdam's moment updates and step, in its own torch operations and order; other
+    rows are left alone.
 
-    For the rows a step's sparse gradient names: m, v <- Adam's moment updates; p <- Adam's step
-    with the global bias corrections. Other rows are left alone. SparseAdam builds several sparse
-    tensors per step to do this; on a CPU that costs more than the recurrent layer at batch 16.
-    Here float32 CPU tables take deferred Adam's compiled row loop (without its replay), anything
-    else a handful of row-indexed torch ops."""
+    SparseAdam builds several sparse tensors per step to do this (sparse_mask, coalesce and a
+    sparse add per moment), which on a CPU costs more than the recurrent layer of a small model.
+    Here the same arithmetic runs on the gradient's rows, gathered once: torch's kernels are kept
+    (its vectorized sqrt is not always IEEE's, so a loop of our own could not be bit-identical)."""
 
     def __init__(self, params: list[torch.nn.Parameter], *, lr: float, betas, eps: float):
         self.params, (self.beta1, self.beta2), self.eps = params, tuple(betas), eps
@@ -172,33 +173,42 @@ class RowAdam(AdamMoments):
         self.step_count = 0
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
-        self._compiled = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
-        if self._compiled:
-            # adam_rows records each row's last step for deferred Adam's replay; lazy Adam never reads it.
-            self._unused = [np.zeros(p.shape[0], dtype=np.int64) for p in params]
-            self._slots = [np.full(p.shape[0], -1, dtype=np.int64) for p in params]
+        self._slots = [np.full(p.shape[0], -1, dtype=np.int64) if self._mergeable(p) else None for p in params]
+
+    @staticmethod
+    def _mergeable(p: torch.Tensor) -> bool:
+        return p.device.type == "cpu" and p.dtype == torch.float32
+
+    def _rows(self, i: int, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows in ascending order, each row's summed gradient): what grad.coalesce() holds."""
+        if self._slots[i] is None:
+            grad = grad.coalesce()
+            return grad._indices()[0], grad._values()
+        rows, values = gradient_rows(grad, self._slots[i])  # coalesce's sums, without its sort of every entry
+        order = np.argsort(rows, kind="stable")
+        return torch.from_numpy(rows[order]), torch.from_numpy(values[order])
 
     @torch.no_grad()
     def step(self, closure=None) -> None:
         self.step_count += 1
         t, b1, b2, lr = self.step_count, self.beta1, self.beta2, self.param_groups[0]["lr"]
-        step_size = lr / (1 - b1**t)
-        root_bc2 = math.sqrt(1 - b2**t)
+        # torch.optim._functional.sparse_adam, operation for operation.
+        step_size = lr * math.sqrt(1 - b2**t) / (1 - b1**t)
         for i, (p, m, v) in enumerate(zip(self.params, self.exp_avg, self.exp_avg_sq)):
             if p.grad is None:
                 continue
-            if self._compiled:
-                rows, g = gradient_rows(p.grad, self._slots[i])
-                adam_rows(p.detach().numpy(), m.numpy(), v.numpy(), self._unused[i], rows, g,
-                          t, lr, b1, b2, self.eps, 1.0, False, False)
+            rows, g = self._rows(i, p.grad)
+            if rows.numel() == 0:
                 continue
-            grad = p.grad.coalesce()
-            rows, g = grad.indices()[0], grad.values()
-            m_rows = m.index_select(0, rows).lerp_(g, 1 - b1)
-            v_rows = v.index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
-            m.index_copy_(0, rows, m_rows)
-            v.index_copy_(0, rows, v_rows)
-            p.index_add_(0, rows, m_rows.div_(v_rows.sqrt_().div_(root_bc2).add_(self.eps)), alpha=-step_size)
+            old_m = m.index_select(0, rows)
+            m_update = g.sub(old_m).mul_(1 - b1)
+            m.index_add_(0, rows, m_update)
+            old_v = v.index_select(0, rows)
+            v_update = g.pow(2).sub_(old_v).mul_(1 - b2)
+            v.index_add_(0, rows, v_update)
+            numer = m_update.add_(old_m)
+            denom = v_update.add_(old_v).sqrt_().add_(self.eps)
+            p.index_add_(0, rows, -step_size * numer.div_(denom))
 
     def state_dict(self) -> dict:
         return {"step": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}

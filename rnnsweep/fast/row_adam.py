@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from numba import prange
 
+from .numba_math import INLINE_JIT as _inline
 from .numba_math import JIT as _jit
 from .numba_math import PARALLEL_JIT as _parallel
 from .numba_math import sqrt as _sqrt
@@ -36,18 +37,37 @@ _HALF_ULP = np.float32(2.0**-25)
 _CHECK_EVERY = 8
 
 
+@_inline
+def _pow(beta, step):
+    """beta ** step as Python (and torch's bias corrections) compute it: C's pow. numba's power by
+    an integer multiplies instead, which differs in the last bits."""
+    return beta ** float(step)
+
+
+@_inline
+def _lerp(start, end, weight, rest):
+    """torch.lerp(start, end, weight) in float32, as torch computes it (`rest` = 1 - weight in
+    float32): Adam's first moment is exp_avg.lerp_(grad, 1 - beta1)."""
+    if weight < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * rest
+
+
 @_jit
 def _replay(p, m, v, r, first, last, lr, b1, b2, eps, decay, may_stop):
     """Zero-gradient Adam steps `first`..`last` (1-based step numbers) on row `r`.
 
-    Element arithmetic in float32, as torch's float32 Adam; per-step scalars in float64."""
+    Element arithmetic in float32, in the order of torch's single-tensor float32 Adam
+    (torch.optim.Adam(foreach=False)); per-step scalars in float64, rounded once."""
     pr, mr, vr = p[r], m[r], v[r]
-    b1f, b2f, epsf, decayf = np.float32(b1), np.float32(b2), np.float32(eps), np.float32(decay)
-    b1_pow, b2_pow = b1**first, b2**first
+    b2f, epsf, decayf = np.float32(b2), np.float32(eps), np.float32(decay)
+    gain1 = np.float32(1.0 - b1)
+    rest1 = np.float32(1.0) - gain1
+    zero = np.float32(0.0)
     s = first
     while s <= last:
-        step_size = np.float32(lr / (1.0 - b1_pow))
-        bc2_sqrt = np.float32(math.sqrt(1.0 - b2_pow))
+        step_size = np.float32(lr / (1.0 - _pow(b1, s)))
+        bc2_sqrt = np.float32(math.sqrt(1.0 - _pow(b2, s)))
         # Counting costs as much as the step itself, so only the first step and every
         # _CHECK_EVERY-th after it count (the first: rows that never had a gradient, or whose
         # updates already round away, stop at once); the few steps replayed past the first
@@ -55,7 +75,7 @@ def _replay(p, m, v, r, first, last, lr, b1, b2, eps, decay, may_stop):
         check = may_stop and (s - first) % _CHECK_EVERY == 0
         significant = 0  # elements whose update float32 would not round away
         for e in range(pr.shape[0]):
-            mi = mr[e] * b1f
+            mi = _lerp(mr[e], zero, gain1, rest1)
             vi = vr[e] * b2f
             update = step_size * mi / (_sqrt(vi) / bc2_sqrt + epsf)
             w = pr[e] * decayf
@@ -65,12 +85,10 @@ def _replay(p, m, v, r, first, last, lr, b1, b2, eps, decay, may_stop):
             vr[e] = vi
             pr[e] = w - update
         s += 1
-        b1_pow *= b1
-        b2_pow *= b2
         if check and significant == 0 and s <= last:
             rest = last - s + 1
             # Powers of the float32 factors that each skipped step would have multiplied by.
-            fm = np.float32(np.float64(b1f) ** rest)
+            fm = np.float32((1.0 - np.float64(gain1)) ** rest)
             fv = np.float32(np.float64(b2f) ** rest)
             fp = np.float32(np.float64(decayf) ** rest)
             for e in range(pr.shape[0]):
@@ -106,22 +124,25 @@ def catch_up_all(p, m, v, current, step, lr, b1, b2, eps, decay, may_stop):
 
 
 @_parallel
-def adam_rows(p, m, v, current, rows, grads, step, lr, b1, b2, eps, decay, may_stop, replay=True):
+def adam_rows(p, m, v, current, rows, grads, step, lr, b1, b2, eps, decay, may_stop):
     """Adam step number `step` for the rows with a gradient (each row once), after the steps they
-    missed (replay=False: without them, which is lazy Adam, optimizer=sparse_adam)."""
-    step_size = np.float32(lr / (1.0 - b1**step))
-    bc2_sqrt = np.float32(math.sqrt(1.0 - b2**step))
-    b1f, b2f, epsf, decayf = np.float32(b1), np.float32(b2), np.float32(eps), np.float32(decay)
-    one = np.float32(1.0)
+    missed. As torch's single-tensor Adam: the step's scalars, (1 - beta) included, are computed
+    in float64 and rounded once to float32; the element arithmetic is float32, in its order
+    (m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2); p.addcdiv_(m, denom, -step))."""
+    step_size = np.float32(lr / (1.0 - _pow(b1, step)))
+    bc2_sqrt = np.float32(math.sqrt(1.0 - _pow(b2, step)))
+    b2f, epsf, decayf = np.float32(b2), np.float32(eps), np.float32(decay)
+    gain1, gain2 = np.float32(1.0 - b1), np.float32(1.0 - b2)
+    rest1 = np.float32(1.0) - gain1
     for i in prange(rows.shape[0]):  # rows are distinct: each thread owns the rows it takes
         r = rows[i]
-        if replay and current[r] < step - 1:
+        if current[r] < step - 1:
             _replay(p, m, v, r, current[r] + 1, step - 1, lr, b1, b2, eps, decay, may_stop)
         pr, mr, vr, gr = p[r], m[r], v[r], grads[i]
         for e in range(pr.shape[0]):
             g = gr[e]
-            mi = mr[e] * b1f + (one - b1f) * g
-            vi = vr[e] * b2f + (one - b2f) * g * g
+            mi = _lerp(mr[e], g, gain1, rest1)
+            vi = vr[e] * b2f + gain2 * g * g
             mr[e] = mi
             vr[e] = vi
             pr[e] = pr[e] * decayf - step_size * mi / (_sqrt(vi) / bc2_sqrt + epsf)

@@ -58,7 +58,7 @@ def build(
     unknown = [f for f in plot_formats if f not in PLOT_FORMATS]
     if unknown or not plot_formats:
         raise ReportError(f"plot formats {list(plot_formats)}: expected one or more of {', '.join(PLOT_FORMATS)}")
-    runs, histories = load_runs(inputs)
+    runs, histories, skipped = load_runs(inputs)
     if where:
         runs = apply_where(runs, list(where))
     columns = aggregate.resolve_keys(runs, rows) if rows else aggregate.swept_columns(runs)
@@ -72,6 +72,7 @@ def build(
         table_md += "\n" + tables.pivot_markdown(groups, [k for k in keys if k != aggregate.label(col_column)],
                                                  aggregate.label(col_column), metric)
     facts, warnings = provenance(runs, columns)
+    warnings = skipped + warnings
     report = Report(table_md, keys, groups, runs, warnings=warnings, provenance=facts)
     if out_dir is None:
         return report

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from ..store import RECORD as RECORD_NAME
+from ..store import record_problem
 
 METRICS = ("test/acc", "test/macro_f1", "val/acc", "params", "train/seconds", "train/examples_per_s", "wall_s")
 
@@ -51,16 +52,20 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load_runs(inputs: Iterable[str]) -> tuple[pd.DataFrame, dict[str, list[dict[str, float]]]]:
-    """(runs, histories): one row per distinct run; `histories` maps a run's key to its epochs."""
-    rows, histories, seen = [], {}, set()
+def load_runs(inputs: Iterable[str]) -> tuple[pd.DataFrame, dict[str, list[dict[str, float]]], list[str]]:
+    """(runs, histories, skipped): one row per distinct run; `histories` maps a run's key to its
+    epochs; `skipped` says which files were left out, and why (damaged, or not a record)."""
+    rows, histories, seen, skipped = [], {}, set(), []
     for path in record_paths(inputs):
         try:
             rec = json.loads(path.read_text())
-        except json.JSONDecodeError as ex:
-            raise ReportError(f"{path}: not a JSON result record ({ex.msg} at line {ex.lineno})") from ex
-        if not isinstance(rec, dict) or "status" not in rec or "config" not in rec:
-            raise ReportError(f"{path}: not an rnnsweep result record (no 'status' / 'config')")
+        except (json.JSONDecodeError, UnicodeDecodeError) as ex:
+            skipped.append(f"{path}: left out, not a JSON result record ({ex})")
+            continue
+        problem = record_problem(rec)
+        if problem:
+            skipped.append(f"{path}: left out, not a usable result record ({problem})")
+            continue
         key = rec.get("id") or str(path.resolve())
         if key in seen:
             continue
@@ -68,7 +73,7 @@ def load_runs(inputs: Iterable[str]) -> tuple[pd.DataFrame, dict[str, list[dict[
         row: dict[str, Any] = {"run": key, "status": rec["status"], "path": str(path)}
         row.update({f"choice:{k}": v for k, v in (rec.get("choices") or {}).items() if v is not None})
         row.update({f"cfg:{k}": v for k, v in flatten(rec["config"]).items()})
-        row.update({f"metric:{k}": rec.get("metrics", {}).get(k) for k in METRICS})
+        row.update({f"metric:{k}": rec["metrics"].get(k) for k in METRICS})
         env = rec.get("env") or {}
         row.update({
             "env:git_commit": env.get("git_commit"),
@@ -80,9 +85,10 @@ def load_runs(inputs: Iterable[str]) -> tuple[pd.DataFrame, dict[str, list[dict[
         rows.append(row)
         histories[key] = rec.get("history") or []
     if not rows:
-        raise ReportError(f"no result records ({RECORD_NAME}) under: {', '.join(inputs)}")
+        why = f" ({skipped[0]}{' and more' if len(skipped) > 1 else ''})" if skipped else ""
+        raise ReportError(f"no usable result records ({RECORD_NAME}) under: {', '.join(inputs)}{why}")
     runs = pd.DataFrame(rows)
-    return runs, histories
+    return runs, histories, skipped
 
 
 def apply_where(runs: pd.DataFrame, where: list[str]) -> pd.DataFrame:
