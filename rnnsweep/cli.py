@@ -271,8 +271,16 @@ def describe(ex: BaseException) -> str:
     return message
 
 
+# Hydra's flags that take no value: argparse refuses them after the first override
+# (`rnnsweep model=gru -m`), with a screen of usage; they mean the same anywhere.
+_BARE_FLAGS = ("-m", "--multirun", "--resolve", "-h", "--help", "--hydra-help", "--version")
+
+
 def main() -> None:
     """Console-script entry: Hydra's CLI, with user errors reported in one line."""
+    args = sys.argv[1:]
+    flags = [a for a in args if a in _BARE_FLAGS]
+    sys.argv[1:] = flags + [a for a in args if a not in _BARE_FLAGS]
     full_traces = os.environ.get("HYDRA_FULL_ERROR") == "1"
     if full_traces:
         os.environ["RNNSWEEP_FULL_ERROR"] = "1"

@@ -240,3 +240,11 @@ def test_a_prebuilt_cache_that_cannot_be_written_is_used_as_it_is(compose_cfg, t
     reused = run.run_job(settings(1), run.Job(dir=tmp_path / "b", base_dir=tmp_path), tmp_path / "store",
                          raise_on_failure=True)
     assert reused.job["outcome"] == "trained" and reused.record["data"]["cache"] == built.record["data"]["cache"]
+
+
+def test_a_flag_after_the_overrides_means_what_it_means_before_them(tmp_path):
+    """`rnnsweep model=gru -m ...`: argparse alone would print a screen of usage and stop."""
+    res = run_cli([*TINY, "ledger.plan=true", "-m", "model=rnn,gru", f"ledger.store={tmp_path / 'store'}"],
+                  cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "2 train (2 jobs)" in res.stdout

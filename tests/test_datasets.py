@@ -269,6 +269,16 @@ def test_the_cache_is_reused_and_a_damaged_one_rebuilt(tmp_path):
     assert rebuilt.built and rows_of(rebuilt.train) == reference
 
 
+@pytest.mark.parametrize("meta", ["[]", "null", '{"vocab_size": 3}', '{"files": []}', '{"files": {}}'])
+def test_a_cache_entry_whose_meta_has_the_wrong_shape_is_rebuilt(tmp_path, caplog, meta):
+    source, opts, tok = table(tmp_path), SplitOptions(0.1, seed=0), TokenizerOptions()
+    first = prepare(source, opts, tok, tmp_path / "cache")
+    (first.directory / "meta.json").write_text(meta)
+    rebuilt = prepare(source, opts, tok, tmp_path / "cache")
+    assert rebuilt.built and rows_of(rebuilt.train) == rows_of(first.train)
+    assert "is damaged" in caplog.text
+
+
 def test_a_failed_load_caches_nothing(tmp_path):
     write(tmp_path / "train.csv", "text,label\nok,1\nbad,7\n")
     write(tmp_path / "test.csv", "text,label\nok,1\n")
