@@ -169,6 +169,9 @@ def test_integer_labels_with_gaps_are_an_error_not_empty_classes(tmp_path, label
         map_labels([train], classes=None, offset=1)  # before allocating anything per class
     with pytest.raises(DataError, match=r"below data.label_offset=1"):
         map_labels([labels_file(tmp_path, "z.csv", ["0", "1", "2"])], classes=None, offset=1)
+    # Labels 1..5 read with the default offset 0 would leave class 0 empty: the error says the fix.
+    with pytest.raises(DataError, match=r"integer labels run from 1 to 5, .* set data.label_offset=1"):
+        map_labels([labels_file(tmp_path, "s.csv", ["1", "2", "3", "4", "5"])], classes=None, offset=0)
 
 
 def test_training_data_of_one_class_is_an_error(tmp_path):

@@ -228,6 +228,10 @@ def map_labels(files: Sequence[Rows], *, classes: Sequence[str] | None, offset: 
             if seen[0] < 0:
                 raise DataError(f"{first.path}: label {seen[0] + offset} is below data.label_offset={offset} "
                                 "(the value of the first class)")
+            if seen[0] > 0 and seen[-1] - seen[0] + 1 == len(seen):
+                raise DataError(f"{first.path}: integer labels run from {seen[0] + offset} to {seen[-1] + offset}, "
+                                f"so with data.label_offset={offset} classes {offset}..{seen[0] + offset - 1} would "
+                                f"have no training row; set data.label_offset={seen[0] + offset}")
             if seen[-1] + 1 != len(seen):
                 empty = sorted(set(range(seen[-1] + 1)) - set(seen))
                 shown = ", ".join(str(i + offset) for i in empty[:5]) + (", ..." if len(empty) > 5 else "")
