@@ -89,24 +89,30 @@ def embedding_grad(optimizer, device: torch.device) -> str:
                                getattr(optimizer, "weight_decay", 0.0), device)
 
 
+def architecture(model: ModelConfig, topology: TopologyConfig, batching: BatchingConfig, *, vocab_size: int,
+                 num_classes: int) -> dict:
+    """The network's shape and reading: TextClassifier's arguments that a trained model keeps."""
+    return {
+        "vocab_size": vocab_size,
+        "num_classes": num_classes,
+        "arch": model.arch.value,
+        "embed_dim": model.embed_dim,
+        "hidden_dim": model.hidden_dim,
+        "num_layers": topology.num_layers,
+        "bidirectional": topology.bidirectional,
+        "dropout": topology.dropout,
+        "pooling": model.pooling.value,
+        "packed": batching.mode.value == "packed",
+        "embed_init": model.embed_init.value,
+        "native_packing": batching.native_packing,
+    }
+
+
 def build_model(model: ModelConfig, topology: TopologyConfig, batching: BatchingConfig, *, vocab_size: int,
                 num_classes: int, embedding_grad: str, compiled_rnn: bool) -> TextClassifier:
-    return TextClassifier(
-        vocab_size,
-        num_classes,
-        arch=model.arch.value,
-        embed_dim=model.embed_dim,
-        hidden_dim=model.hidden_dim,
-        num_layers=topology.num_layers,
-        bidirectional=topology.bidirectional,
-        dropout=topology.dropout,
-        pooling=model.pooling.value,
-        packed=batching.mode.value == "packed",
-        embed_init=model.embed_init.value,
-        sparse_embedding=embedding_grad != "dense",
-        native_packing=batching.native_packing,
-        compiled_rnn=compiled_rnn,
-    )
+    shape = architecture(model, topology, batching, vocab_size=vocab_size, num_classes=num_classes)
+    return TextClassifier(shape.pop("vocab_size"), shape.pop("num_classes"), **shape,
+                          sparse_embedding=embedding_grad != "dense", compiled_rnn=compiled_rnn)
 
 
 def build_optimizer(optimizer, model: torch.nn.Module, embedding_grad: str) -> torch.optim.Optimizer:

@@ -23,9 +23,23 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from . import config, store, sweep
+from . import __version__, config, store, sweep
 
 log = logging.getLogger("rnnsweep")
+
+
+def _sweep_logger() -> logging.Logger:
+    """The logger of the process that ends a sweep. Hydra formats that process's root logger as
+    `[HYDRA]`; rnnsweep's own lines (the report, its warnings) say they are rnnsweep's."""
+    for name in ("rnnsweep.sweep", "rnnsweep.report"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("[%(asctime)s][rnnsweep][%(levelname)s] - %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+    return logging.getLogger("rnnsweep.sweep")
 
 
 def config_dir() -> str:
@@ -42,16 +56,32 @@ config.register_schemas()
 OmegaConf.register_new_resolver("rnnsweep_fixed_choices", config.fixed_choices, replace=True)
 
 
+# The Hydra launcher each of our launcher presets selects.
+PRESET_LAUNCHERS = {"basic": "basic", "parallel": "joblib", "submitit_local": "submitit_local",
+                    "slurm": "submitit_slurm", "ray": "ray"}
+
+
+def _names_the_run(override: str) -> bool:
+    """Whether an override says what the run is (`model=gru`, `optimizer.lr=0.01`), not how or
+    where it runs (`logger.mode=offline`, `ledger.store=...`, `hydra.sweep.dir=...`)."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return not key.startswith("hydra") and key not in ("launcher", "search") and store.is_result_key(key)
+
+
 def current_job():
     from .run import Job  # torch: imported where jobs run, not in a launcher's parent process
 
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
+    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/") and k != "rnnsweep_schema"}
+    hydra_launcher = hc.runtime.choices.get("hydra/launcher")
+    if hydra_launcher and PRESET_LAUNCHERS.get(choices.get("launcher")) != hydra_launcher:
+        choices["launcher"] = hydra_launcher  # hydra/launcher=joblib given as Hydra spells it
     return Job(
         dir=Path(hc.runtime.output_dir),
-        name=",".join(overrides) or "defaults",
+        name=",".join(o for o in overrides if _names_the_run(o)) or "defaults",
         sweep=Path(hc.sweep.dir).name if is_multirun() else None,
-        choices={k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/") and k != "rnnsweep_schema"},
+        choices=choices,
         overrides=overrides,
         base_dir=Path(hc.runtime.cwd),
     )
@@ -115,6 +145,11 @@ _new_sweep_dir: list[Path] = []
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def app(cfg: DictConfig) -> float:
     job = current_job()
+    if not is_multirun() and HydraConfig.get().sweeper.get("params"):
+        # An experiment that defines a grid (experiment=paper_grid) only sweeps it with -m.
+        print(f"rnnsweep: warning: {', '.join(f'{k}={v}' for k, v in job.choices.items() if k == 'experiment')}"
+              " defines a sweep; without -m this trains one job, with each swept key at its default. "
+              "Add -m to run the grid.", file=sys.stderr)
     try:
         settings = config.validate(cfg)  # fails here, before any data is loaded
         if settings.runtime.threads == 0:
@@ -193,16 +228,17 @@ class SweepSummary(Callback):
     def _report(sweep_dir: Path, cfg: DictConfig, jobs: list[dict]) -> None:
         from . import report  # pandas and matplotlib: only the process that ends the sweep pays
 
+        _sweep_logger()
         records = [str(p) for p in (Path(j["job_dir"]) / store.RECORD for j in jobs) if p.is_file()]
         # A report that cannot be built must not turn a finished sweep into a failed one.
         try:
             result = report.build(records, sweep_dir)
         except Exception as ex:  # noqa: BLE001
-            log.error("could not build the sweep report: %s: %s", type(ex).__name__, ex)
+            _sweep_logger().error("could not build the sweep report: %s: %s", type(ex).__name__, ex)
             return
         print(f"\n{result.table_markdown}\nreport: {sweep_dir / 'report.md'}", flush=True)
         for warning in result.warnings:
-            log.warning("report: %s", warning)
+            _sweep_logger().warning("report: %s", warning)
         logger = OmegaConf.to_container(cfg.logger, enum_to_str=True)
         if logger["backend"] == "wandb" and logger["mode"] != "disabled":
             from .report import wandb_compare
@@ -211,7 +247,7 @@ class SweepSummary(Callback):
                 wandb_compare.publish(result, sweep_dir, project=logger["project"], entity=logger["entity"],
                                       mode=logger["mode"])
             except Exception as ex:  # noqa: BLE001
-                log.error("could not log the sweep comparison to W&B: %s: %s", type(ex).__name__, ex)
+                _sweep_logger().error("could not log the sweep comparison to W&B: %s: %s", type(ex).__name__, ex)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         _release_parallel_workers()
@@ -242,8 +278,14 @@ PLUGIN_EXTRAS = {
 
 
 def _first_line(ex: BaseException) -> str:
-    text = str(ex).strip()
-    return text.splitlines()[0].strip() if text else type(ex).__name__
+    """The message's first line, and its reason where the first line only introduces it (Hydra's
+    "In 'launcher/parallel': ConfigKeyError raised while composing config:")."""
+    lines = [line.strip() for line in str(ex).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(ex).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
 
 
 def describe(ex: BaseException) -> str:
@@ -264,6 +306,10 @@ def describe(ex: BaseException) -> str:
         unknown_key = unknown_key or isinstance(cause, (ConfigAttributeError, ConfigKeyError))
         cause = cause.__cause__
     message = ": ".join(p.rstrip(".") for p in parts)
+    preset = re.match(r"In 'launcher/(\w+)'", message)
+    if preset:
+        message += (f" (launcher={preset.group(1)} picks its Hydra launcher itself: leave out hydra/launcher=..., "
+                    "or use hydra/launcher=... without a launcher preset)")
     overridden = re.match(r"Could not override '([\w.]+)'", parts[0])
     if unknown_key and overridden:
         hint = config.unknown_key_hint(overridden.group(1))
@@ -279,6 +325,9 @@ _BARE_FLAGS = ("-m", "--multirun", "--resolve", "-h", "--help", "--hydra-help", 
 def main() -> None:
     """Console-script entry: Hydra's CLI, with user errors reported in one line."""
     args = sys.argv[1:]
+    if "--version" in args:  # Hydra's own flag would print Hydra's version
+        print(f"rnnsweep {__version__} (hydra-core {hydra.__version__})")
+        return
     flags = [a for a in args if a in _BARE_FLAGS]
     sys.argv[1:] = flags + [a for a in args if a not in _BARE_FLAGS]
     full_traces = os.environ.get("HYDRA_FULL_ERROR") == "1"

@@ -30,9 +30,16 @@ class ConfigError(ValueError):
     """A composed config that cannot be run; the message names the key and what is expected."""
 
 
+class Choice(Enum):
+    """A value from a fixed set, written as itself: `${model.arch}` in a config reads `gru`."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
 def _choices(name: str, values: str) -> type[Enum]:
-    """An Enum whose members are named by their values, e.g. _choices("Device", "auto cpu cuda")."""
-    return Enum(name, [(v, v) for v in values.split()], module=__name__, qualname=name)
+    """A Choice whose members are named by their values, e.g. _choices("Device", "auto cpu cuda")."""
+    return Choice(name, [(v, v) for v in values.split()], module=__name__, qualname=name)
 
 
 Arch = _choices("Arch", "bow rnn lstm gru")
@@ -235,6 +242,7 @@ class LoggerConfig:
     entity: Optional[str]
     mode: WandbMode
     log_every: int  # optimizer steps between step-level metric logs
+    log_model: bool  # upload each completed run's model directory to W&B as an artifact
     tags: List[str]
 
 
@@ -246,6 +254,7 @@ class LedgerConfig:
     fail_on_error: bool  # a sweep with a failed job exits non-zero
     keep_checkpoint: bool  # keep each finished run's last epoch checkpoint in the store
     busy_wait: float  # seconds a job waits for its run to finish in another process before calling it busy
+    keep_model: bool  # a completed run leaves its model (weights, vocabulary, classes, config) in the store
 
 
 @dataclass

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from filelock import Timeout
 
-from . import __version__, builders, checkpoint, fast, store, tracking
+from . import __version__, builders, checkpoint, export, fast, store, tracking
 from .config import LoggerBackend, Progress, RootConfig, to_plain
 from .data import DataError, Splits, batches, data_fingerprint, prepare
 from .model import count_parameters
@@ -197,8 +197,10 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
             if action == "train":
                 entry.checkpoint_path.unlink(missing_ok=True)
             try:
+                tag = store.store_tag(store_root)
                 record = train(settings, job, entry.dir, identity=identity, attempt=attempt,
-                               resume=action == "resume", data=data, progress=progress)
+                               resume=action == "resume", data=data, progress=progress,
+                               wandb_id=f"{identity.run_id}-{tag}" + (f"-{attempt}" if attempt > 1 else ""))
             except RunFailed as ex:
                 result = finish(entry.record(), outcome="failed", status="failed", error=str(ex), **common)
                 if raise_on_failure:
@@ -256,7 +258,8 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _open_tracker(settings: RootConfig, job: Job, out_dir: Path, identity: store.Identity | None, attempt: int):
+def _open_tracker(settings: RootConfig, job: Job, out_dir: Path, identity: store.Identity | None,
+                  wandb_id: str | None):
     lg = settings.logger
     if lg.backend is LoggerBackend.none or lg.mode.value == "disabled":
         return tracking.NoTracker()
@@ -268,19 +271,23 @@ def _open_tracker(settings: RootConfig, job: Job, out_dir: Path, identity: store
         name=job.name,
         group=readable_group(job.choices, identity.group_id) if identity else None,
         job_type=job.sweep or "run",
-        tags=[f"{k}:{v}" for k, v in sorted(job.choices.items()) if v is not None] + list(lg.tags),
+        tags=[f"{k}:{v}" for k, v in sorted(job.choices.items()) if v is not None and k in store.RESULT_GROUPS]
+        + list(lg.tags),
         config={**to_plain(settings), **ids},
         directory=out_dir,
-        # A resumed run continues its W&B run; a run trained again from scratch gets a new one.
-        run_id=(identity.run_id if attempt == 1 else f"{identity.run_id}-{attempt}") if identity else None,
+        run_id=wandb_id,
     )
 
 
 def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: store.Identity | None = None,
           attempt: int = 1, resume: bool = False, data: Splits | None = None,
-          progress: bool | None = None) -> dict[str, Any]:
+          progress: bool | None = None, wandb_id: str | None = None) -> dict[str, Any]:
     """Train and test one configuration in `out_dir` (resuming from its checkpoint if `resume`);
-    returns the result record it wrote there. `data`: the encoded splits, if the caller has them."""
+    returns the result record it wrote there. `data`: the encoded splits, if the caller has them.
+    `wandb_id`: the W&B run to log to (a resumed run continues its own; run_job names it after the
+    identity, the store and the attempt); by default the identity's run id."""
+    if wandb_id is None and identity is not None:
+        wandb_id = identity.run_id if attempt == 1 else f"{identity.run_id}-{attempt}"
     job = job or Job(dir=out_dir)
     started, t0 = _now(), time.perf_counter()
     cfg = settings
@@ -307,6 +314,7 @@ def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: sto
         "attempt": attempt,
         "resumed_from_epoch": None,
         "wandb": None,
+        "model": None,
         "error": None,
         "started_at": started,
         "finished_at": None,
@@ -356,7 +364,7 @@ def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: sto
         if device.type == "cpu":
             fast.warm_up(model, optimizer, compiled_layers=cfg.runtime.compiled_rnn)
         batches.warm_up(data.train)
-        tracker = _open_tracker(cfg, job, out_dir, identity, attempt)
+        tracker = _open_tracker(cfg, job, out_dir, identity, wandb_id)
         if tracker.run_id is not None:
             record["wandb"] = {"id": tracker.run_id, "mode": tracker.mode, "dir": str(out_dir / "wandb")}
 
@@ -421,6 +429,16 @@ def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: sto
                     "steps": result.step,
                 }
             )
+            if cfg.ledger.keep_model:
+                model_dir = out_dir / "model"
+                size = export.save(
+                    model_dir, model, class_names=list(data.class_names), config=record["config"],
+                    architecture=builders.architecture(cfg.model, cfg.topology, cfg.batching,
+                                                       vocab_size=data.vocab_size, num_classes=data.num_classes),
+                    tokenizer=to_plain(cfg.tokenizer), vocabulary_from=data.directory)
+                record["model"] = {"dir": str(model_dir), "bytes": size}
+                if cfg.logger.log_model:
+                    tracker.log_model(model_dir, f"model-{wandb_id or 'run'}")
             record["status"] = "completed"
             if not cfg.ledger.keep_checkpoint:
                 ckpt_path.unlink(missing_ok=True)

@@ -18,7 +18,9 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -44,6 +46,9 @@ LOCK = ".lock"
 # The config groups a record names its choices by, in the order people read them (W&B group
 # names, report columns).
 CHOICE_ORDER = ("experiment", "lesson", "data", "model", "batching", "topology", "optimizer")
+# Groups whose choice changes what a run computes: a run's W&B tags (not launcher, logger, search).
+RESULT_GROUPS = (*CHOICE_ORDER, "tokenizer")
+STORE_FILE = "store.json"
 
 
 def digest(payload: Any) -> str:
@@ -175,6 +180,36 @@ def record_problem(record: Any) -> str | None:
             isinstance(record["metrics"].get(k), (int, float)) for k in ("test/acc", "val/acc")):
         return "a completed run without its test/acc and val/acc"
     return None
+
+
+def store_tag(root: Path) -> str:
+    """This store's own random tag, made the first time it is asked for. W&B run ids carry it:
+    two stores (two machines) that train the same config never write into one W&B run, while a
+    run resumed from its own store continues its W&B run."""
+    path = root / STORE_FILE
+    for _ in range(50):
+        try:
+            return str(json.loads(path.read_text())["tag"])
+        except FileNotFoundError:
+            pass
+        except (json.JSONDecodeError, KeyError, TypeError):
+            # Half-written by another process this instant, or damaged: read again, then replace.
+            time.sleep(0.01)
+            continue
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{STORE_FILE}.")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"tag": secrets.token_hex(4)}, f)
+        try:
+            os.link(tmp, path)  # created whole, and only if no one else created it first
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    tag = secrets.token_hex(4)
+    write_json(path, {"tag": tag})
+    log.warning("%s was damaged; the store has a new tag (its runs' next W&B runs are new ones)", path)
+    return tag
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

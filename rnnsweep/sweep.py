@@ -29,11 +29,12 @@ def read_jobs(sweep_dir: Path, since: float | None = None) -> list[dict[str, Any
     given explicitly may hold the jobs of an earlier, larger sweep.
     """
     jobs = []
-    for path in sweep_dir.glob(f"*/{JOB_FILE}"):
+    # Jobs sit in hydra.sweep.subdir, which may be nested (`${model.arch}/s${seed}`).
+    for path in sweep_dir.rglob(JOB_FILE):
         if since is not None and path.stat().st_mtime < since:
             continue
         payload = json.loads(path.read_text())
-        payload["num"] = path.parent.name
+        payload["num"] = path.parent.relative_to(sweep_dir).as_posix()
         jobs.append(payload)
     return sorted(jobs, key=lambda j: (not j["num"].isdigit(), int(j["num"]) if j["num"].isdigit() else 0, j["num"]))
 

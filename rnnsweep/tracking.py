@@ -77,6 +77,9 @@ class NoTracker:
     def summary(self, metrics: dict[str, Any]) -> None:
         pass
 
+    def log_model(self, directory: Path, name: str) -> None:
+        pass
+
     def finish(self, status: str) -> None:
         pass
 
@@ -152,6 +155,13 @@ class WandbTracker:
 
     def summary(self, metrics: dict[str, Any]) -> None:
         self.run.summary.update(metrics)
+
+    def log_model(self, directory: Path, name: str) -> None:
+        """The run's model directory as a W&B artifact of type `model`."""
+        artifact = self._wandb.Artifact(name, type="model", description="rnnsweep model: weights.npz, "
+                                        "model.json and the vocabulary")
+        artifact.add_dir(str(directory))
+        self.run.log_artifact(artifact)
 
     def finish(self, status: str) -> None:
         self.run.summary["status"] = status

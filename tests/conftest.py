@@ -82,3 +82,13 @@ def run_cli(args: list[str], cwd: Path, exe: list[str] | None = None, timeout: i
         text=True,
         timeout=timeout,
     )
+
+
+def entries(store: Path) -> list[Path]:
+    """The run store's entries (one directory per run), without its store.json."""
+    return sorted(p for p in store.iterdir() if p.is_dir())
+
+
+def wandb_id(offline_run: Path) -> str:
+    """The W&B run id of an offline run directory: offline-run-<date>_<time>-<id>."""
+    return offline_run.name.split("-", 3)[3]

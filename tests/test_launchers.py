@@ -11,7 +11,7 @@ import yaml
 
 from pathlib import Path
 
-from conftest import TINY, run_cli
+from conftest import TINY, entries, run_cli
 from test_sweeps import jobs, start, wait_for
 from wandb_records import read_offline_run
 
@@ -91,10 +91,10 @@ def test_optuna_search_reports_its_best_trial_and_reuses_the_store(tmp_path):
     records = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
     assert len(records) == 8
     assert best["best_value"] == pytest.approx(max(r["metrics"]["val/acc"] for r in records))
-    trained = len(list(store.iterdir()))
+    trained = len(entries(store))
 
     again = run_cli(args[:-1] + [f"hydra.sweep.dir={tmp_path / 'again'}"], cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert {j["outcome"] for j in jobs(tmp_path / "again")} == {"skipped"}  # same seed, same trials
-    assert len(list(store.iterdir())) == trained
+    assert len(entries(store)) == trained
     assert yaml.safe_load((tmp_path / "again" / "optimization_results.yaml").read_text())["best_value"] == best["best_value"]

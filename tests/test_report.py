@@ -29,6 +29,7 @@ def write_record(root: Path, name: str, *, model: str, seed: int, acc: float, st
             "train/seconds": 2.0 + seed, "train/examples_per_s": 100.0 * (seed + 1), "wall_s": 3.0},
         "history": [{"epoch": i + 1, "val/acc": v} for i, v in enumerate(history)],
         "env": {"git_commit": commit, "rnnsweep": "0.1.0", "torch": "2.13.0"},
+        "wandb": {"id": f"{model}-{hidden}-{seed}-st0r3", "mode": "offline", "dir": str(root / name / "wandb")},
         "data": {"fingerprint": fingerprint},
     }
     path = root / name / "metrics.json"
@@ -208,17 +209,28 @@ def test_a_damaged_record_is_left_out_with_a_warning_and_the_rest_reported(sweep
 def test_wandb_report_spec_is_built_offline(sweep):
     report = build([str(sweep)], None)
     spec = report_spec(report, "2026-11-26_10-00-00", "rnnsweep", None)
-    assert spec["runset"] == {"name": "2026-11-26_10-00-00", "filters": "JobType = '2026-11-26_10-00-00'",
-                              "groupby": ["group"]}
+    table_ids = sorted(report.runs.loc[report.runs["status"] == "completed", "wandb:id"])
+    assert spec["entity"] is None  # not "": the user's default entity, resolved when the report is saved
+    assert spec["runset"] == {"name": "2026-11-26_10-00-00", "groupby": ["Group"],
+                              "filters": "ID in [" + ", ".join(repr(i) for i in table_ids) + "]"}
     assert spec["parallel_coordinates"] == ["config:model.arch", "summary:test/acc"]
     assert [b["metric"] for b in spec["bar_charts"]] == ["test/acc", "test/macro_f1"]
     json.dumps(spec)  # what is written to wandb_report.json
     pytest.importorskip("wandb_workspaces")  # the `reports` extra (part of `dev`)
-    wr_report = build_report(spec)  # the wandb-workspaces object; nothing is sent until .save()
-    assert wr_report.title == "rnnsweep: 2026-11-26_10-00-00"
+    from wandb_workspaces import expr
+    from wandb_workspaces.reports.v2.interface import _metric_to_backend_groupby
+
+    wr_report = build_report(spec, "someone")  # the wandb-workspaces object; nothing is sent until .save()
+    assert wr_report.title == "rnnsweep: 2026-11-26_10-00-00" and wr_report.entity == "someone"
     grid = wr_report.blocks[2]
-    assert grid.runsets[0].groupby == ["group"]
-    assert len(grid.panels) == 3
+    (runset,) = grid.runsets
+    # What wandb-workspaces sends: the run set is the table's runs by W&B id, grouped by the run
+    # group; the bars group by the run group too (not by a config key named "group").
+    selected = expr.expr_to_filters(runset.filters)
+    assert (selected.op, selected.key.name, sorted(selected.value)) == ("IN", "name", table_ids)
+    assert [expr.groupby_str_to_key(g).name for g in runset.groupby] == ["group"]
+    bars = [p for p in grid.panels if type(p).__name__ == "BarPlot"]
+    assert len(bars) == 2 and {_metric_to_backend_groupby(b.groupby) for b in bars} == {"group"}
 
 
 def test_report_cli(sweep, tmp_path):

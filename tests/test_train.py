@@ -138,3 +138,33 @@ def test_an_exploding_loss_ends_the_run_as_diverged_and_no_table_averages_or_bol
     rows = [line for line in report.table_markdown.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) == 1 and "1e+06" not in rows[0] and "1000000" not in rows[0]
     assert "Excluded from the means: 1 diverged" in report.table_markdown
+
+
+def test_a_completed_run_leaves_a_model_that_loads_without_pickle_and_scores_the_same(compose_cfg, tmp_path):
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from rnnsweep import builders
+    from rnnsweep.data import batches, prepare
+    from rnnsweep.model import TextClassifier
+    from rnnsweep.train import evaluate
+
+    settings = config.validate(compose_cfg([*TINY, "model=gru", "train.epochs=2", "topology=bi"]))
+    record = run.train(settings, None, tmp_path)
+    exported = Path(record["model"]["dir"])
+    assert record["model"]["bytes"] == sum(p.stat().st_size for p in exported.iterdir())
+    meta = json.loads((exported / "model.json").read_text())
+    assert meta["classes"] == record["data"]["classes"] and (exported / "vocab.json").is_file()
+    arch = dict(meta["architecture"])
+    net = TextClassifier(arch.pop("vocab_size"), arch.pop("num_classes"), **arch)
+    weights = np.load(exported / "weights.npz", allow_pickle=False)
+    net.load_state_dict({name: torch.from_numpy(weights[name]) for name in weights.files})
+    cache = builders.cache_dir(settings.runtime, Path.cwd())
+    data = prepare(builders.data_source(settings.data, Path.cwd(), cache), builders.split_options(settings.data),
+                   builders.tokenizer_options(settings.tokenizer), cache)
+    test = evaluate(net, batches.iterate(data.test, 512, shuffle=False), data.num_classes, torch.device("cpu"))
+    assert test["acc"] == record["metrics"]["test/acc"]
+    off = run.train(config.validate(compose_cfg([*TINY, "ledger.keep_model=false"])), None, tmp_path / "off")
+    assert off["model"] is None and not (tmp_path / "off" / "model").exists()

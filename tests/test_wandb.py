@@ -19,7 +19,7 @@ def offline_runs(out_dir: Path):
 
 
 def test_offline_run_holds_config_history_and_summary(compose_cfg, tmp_path, no_wandb_account):
-    cfg = compose_cfg([*TINY, "logger=wandb", "train.epochs=2", "logger.log_every=2", "seed=5"])
+    cfg = compose_cfg([*TINY, "logger=wandb", "train.epochs=2", "logger.log_every=2", "seed=5", "logger.log_model=true"])
     job = run.Job(dir=tmp_path, name="model=lstm,seed=5", sweep="sweep", choices={"model": "lstm", "batching": "padded"})
     identity = store.Identity(run_id="0123456789abcdef", group_id="fedcba9876543210")
     record = run.train(config.validate(cfg), job, tmp_path, identity=identity)
@@ -40,6 +40,8 @@ def test_offline_run_holds_config_history_and_summary(compose_cfg, tmp_path, no_
     assert any("train/loss" in h and "val/acc" not in h for h in offline.history)  # step-level logs
     # The environment's packages, for W&B's Files tab, listed once per process and uploaded at the end.
     assert "requirements.txt" in offline.files
+    # logger.log_model=true: the exported model goes up as an artifact of type model.
+    assert offline.artifacts == [(f"model-{identity.run_id}", "model")]
     packages = (run_dir / "files" / "requirements.txt").read_text().splitlines()
     assert f"torch=={torch.__version__}" in packages and f"wandb=={wandb.__version__}" in packages
 
@@ -89,7 +91,7 @@ def test_an_empty_wandb_mode_means_unset_and_an_unknown_one_is_one_line(tmp_path
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert record["status"] == "completed"
-    assert read_offline_run(next((Path(record["wandb"]["dir"])).glob("offline-run-*"))).run_id == record["id"]
+    assert read_offline_run(next((Path(record["wandb"]["dir"])).glob("offline-run-*"))).run_id == record["wandb"]["id"]
 
     bad = run_cli([*common, f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path, WANDB_MODE="offlin")
     assert bad.returncode == 2

@@ -61,6 +61,7 @@ class OfflineRun:
     history: list[dict] = field(default_factory=list)
     exit_code: int | None = None
     files: list[str] = field(default_factory=list)  # the files the run asked W&B to upload
+    artifacts: list[tuple[str, str]] = field(default_factory=list)  # (name, type) of each logged artifact
 
 
 def read_offline_run(run_dir: Path) -> OfflineRun:
@@ -83,6 +84,8 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
             run.history.append({_key(i): json.loads(i.value_json) for i in rec.history.item})
         elif kind == "files":
             run.files += [f.path for f in rec.files.files]
+        elif kind == "artifact":
+            run.artifacts.append((rec.artifact.name, rec.artifact.type))
         elif kind == "exit":
             run.exit_code = rec.exit.exit_code
     return run

@@ -19,6 +19,8 @@ def parser() -> argparse.ArgumentParser:
         "  rnnsweep-report outputs/store --where model=lstm --rows topology --out paper/\n"
         "  rnnsweep-report 'outputs/multirun/*' --cols data.variant --out outputs/report\n"
         "  rnnsweep-report SWEEP_DIR --formats png,pdf --out paper/   # figures for LaTeX\n"
+        "  rnnsweep-report SWEEP_DIR --sync-wandb --dry-run   # the sweep's offline W&B runs\n"
+        "  rnnsweep-report SWEEP_DIR --sync-wandb      # upload them, then save the W&B report\n"
         "  rnnsweep-report SWEEP_DIR --push-wandb      # save the W&B report written offline",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -37,6 +39,10 @@ def parser() -> argparse.ArgumentParser:
                    f"(default: {','.join(DEFAULT_PLOT_FORMATS)}; pdf for LaTeX)")
     p.add_argument("--push-wandb", action="store_true",
                    help="save the W&B report spec found in the input directory (wandb_report.json) to W&B")
+    p.add_argument("--sync-wandb", action="store_true",
+                   help="upload every offline W&B run of the sweep in the input directory (reused runs "
+                   "included), then save its W&B report")
+    p.add_argument("--dry-run", action="store_true", help="with --sync-wandb: list what would be synced")
     return p
 
 
@@ -64,6 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     from . import ReportError, build  # pandas: only once the arguments are known to be usable
 
     try:
+        if args.sync_wandb:
+            from .wandb_compare import sync_sweep
+
+            print("\n".join(sync_sweep(Path(args.inputs[0]), dry_run=args.dry_run)))
+            return
         if args.push_wandb:
             from .wandb_compare import push_report
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
+# Its first use after an install builds a font cache and says so at INFO ("generated new
+# fontManager"): noise in the middle of a sweep's summary.
+logging.getLogger("matplotlib").setLevel(logging.WARNING)
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 

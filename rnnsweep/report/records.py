@@ -80,6 +80,7 @@ def load_runs(inputs: Iterable[str]) -> tuple[pd.DataFrame, dict[str, list[dict[
             "env:rnnsweep": env.get("rnnsweep"),
             "env:torch": env.get("torch"),
             "env:device": env.get("device"),
+            "wandb:id": (rec.get("wandb") or {}).get("id") if isinstance(rec.get("wandb"), dict) else None,
             "data:fingerprint": (rec.get("data") or {}).get("fingerprint"),
         })
         rows.append(row)

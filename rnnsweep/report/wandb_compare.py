@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
-from ..tracking import resolve_wandb_mode
+from ..store import RECORD, read_record
+from ..sweep import read_jobs
+from ..tracking import resolve_wandb_mode, wandb_api_key_configured
 from .builder import Report
 
 log = logging.getLogger(__name__)
@@ -33,22 +42,36 @@ def config_keys(report: Report) -> list[str]:
     return keys
 
 
+def table_wandb_ids(report: Report) -> list[str]:
+    """The W&B runs of the runs the table averages (completed ones), whichever sweep trained them:
+    a run the store reused keeps the job type of the sweep that trained it."""
+    runs = report.runs
+    if "wandb:id" not in runs:
+        return []
+    done = runs[(runs["status"] == "completed") & runs["wandb:id"].notna()]
+    return sorted(str(i) for i in done["wandb:id"])
+
+
 def report_spec(report: Report, sweep: str, project: str, entity: str | None) -> dict[str, Any]:
+    ids = table_wandb_ids(report)
     return {
         "project": project,
-        "entity": entity,
+        "entity": entity,  # null: the logged-in user's default entity, resolved when saved
         "title": f"rnnsweep: {sweep}",
-        "description": f"{len(report.runs)} runs of sweep {sweep}, grouped by their seed-free identity; "
+        "description": f"{len(ids)} runs of sweep {sweep}, grouped by their seed-free identity; "
         f"swept: {', '.join(report.keys) or 'nothing'}.",
-        "runset": {"name": sweep, "filters": f"JobType = '{sweep}'", "groupby": ["group"]},
+        # Selected by id: the runs of the table, reused ones included. "Group" is W&B's run group
+        # ("group" would be read as a config key of that name).
+        "runset": {"name": sweep, "filters": f"ID in [{', '.join(repr(i) for i in ids)}]", "groupby": ["Group"]},
         "parallel_coordinates": [*(f"config:{k}" for k in config_keys(report)), "summary:test/acc"],
-        "bar_charts": [{"title": title, "metric": metric, "groupby": "group"} for metric, title in BAR_METRICS],
+        "bar_charts": [{"title": title, "metric": metric, "groupby": "Group"} for metric, title in BAR_METRICS],
         "table_markdown": report.table_markdown,
     }
 
 
-def build_report(spec: dict[str, Any]):
-    """The spec as a `wandb_workspaces` Report object (no network until `.save()`)."""
+def build_report(spec: dict[str, Any], entity: str):
+    """The spec as a `wandb_workspaces` Report object (no network until `.save()`); `entity`: the
+    spec's, or where it names none, the user's default (push_report asks W&B for it)."""
     import wandb_workspaces.reports.v2 as wr
 
     def column(ref: str):
@@ -62,15 +85,15 @@ def build_report(spec: dict[str, Any]):
                           groupby_aggfunc="mean", groupby_rangefunc="stddev") for b in spec["bar_charts"]]
     return wr.Report(
         project=spec["project"],
-        entity=spec["entity"] or "",
+        entity=entity,
         title=spec["title"],
         description=spec["description"],
         blocks=[
             wr.H1(text=spec["title"]),
             wr.P(text=spec["description"]),
             wr.PanelGrid(
-                runsets=[wr.Runset(project=spec["project"], entity=spec["entity"] or "", name=r["name"],
-                                   filters=r["filters"], groupby=r["groupby"])],
+                runsets=[wr.Runset(project=spec["project"], entity=entity, name=r["name"], filters=r["filters"],
+                                   groupby=r["groupby"])],
                 panels=panels,
             ),
             wr.MarkdownBlock(text=spec["table_markdown"]),
@@ -78,13 +101,72 @@ def build_report(spec: dict[str, Any]):
     )
 
 
+def online_problem(sweep_dir: Path) -> str | None:
+    """Why W&B cannot be reached from here, in one line, quickly; None when it can."""
+    synced_first = f"(the sweep's offline runs go up first: rnnsweep-report {sweep_dir} --sync-wandb)"
+    if not wandb_api_key_configured():
+        return f"not logged in to W&B: run `wandb login` or set WANDB_API_KEY {synced_first}"
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    url = urlparse(base)
+    outcome: list[str | None] = []
+
+    def connect() -> None:  # name lookup has no timeout of its own: a thread bounds it
+        try:
+            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), 3).close()
+            outcome.append(None)
+        except OSError as ex:
+            outcome.append(ex.strerror or str(ex))
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(4)
+    if not outcome or outcome[0] is not None:
+        return f"cannot reach W&B at {base} ({outcome[0] if outcome else 'no answer in 4 s'}) {synced_first}"
+    return None
+
+
+def offline_runs(sweep_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(the offline W&B runs of the sweep's runs, reused ones included; the sweep's comparison run)."""
+    runs: list[Path] = []
+    for job in read_jobs(sweep_dir):
+        record = read_record(Path(job["job_dir"]) / RECORD) or {}
+        where = record.get("wandb") if isinstance(record.get("wandb"), dict) else None
+        if where and where.get("mode") == "offline":
+            runs += sorted(p for p in Path(where["dir"]).glob("offline-run-*") if p.name.endswith(f"-{where['id']}"))
+    return runs, sorted((sweep_dir / "wandb").glob("offline-run-*"))
+
+
+def sync_sweep(sweep_dir: Path, *, dry_run: bool) -> list[str]:
+    """Upload every offline W&B run of the sweep (`wandb sync`), then save its Report; with
+    `dry_run`, only say what would be synced. Returns the lines to print."""
+    runs, comparison = offline_runs(sweep_dir)
+    lines = [f"{len(runs)} offline run(s) of the sweep's jobs:", *(f"  {p}" for p in runs)]
+    lines += [f"and {len(comparison)} comparison run(s) of the sweep:", *(f"  {p}" for p in comparison)]
+    if dry_run:
+        return lines + ["(dry run: nothing synced)"]
+    problem = online_problem(sweep_dir)
+    if problem:
+        raise ValueError(problem.split(" (the sweep's")[0])
+    wandb_cli = shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))
+    done = subprocess.run([wandb_cli, "sync", *map(str, runs + comparison)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ValueError(f"wandb sync failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}")
+    return lines + [f"synced; W&B report: {push_report(sweep_dir)}"]
+
+
 def push_report(sweep_dir: Path) -> str:
     """Save the spec written earlier (offline) as a W&B Report; returns its URL."""
     spec_path = sweep_dir / SPEC_NAME
     if not spec_path.is_file():
         raise ValueError(f"{spec_path}: no W&B report spec (a sweep with logger=wandb writes one)")
+    problem = online_problem(sweep_dir)
+    if problem:
+        raise ValueError(problem)
+    spec = json.loads(spec_path.read_text())
     try:
-        report = build_report(json.loads(spec_path.read_text()))
+        import wandb
+
+        report = build_report(spec, spec["entity"] or wandb.Api().default_entity)
     except ImportError as ex:
         raise ValueError("saving W&B reports needs wandb-workspaces: pip install 'rnnsweep[reports]'") from ex
     report.save()
