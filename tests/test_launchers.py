@@ -43,7 +43,7 @@ def test_parallel_launcher_runs_jobs_in_workers_with_their_own_wandb_runs(tmp_pa
     for r in records:
         (run_dir,) = Path(r["wandb"]["dir"]).glob("offline-run-*")
         run = read_offline_run(run_dir)
-        assert run.run_id == r["id"] and run.summary["test/acc"] == pytest.approx(r["metrics"]["test/acc"])
+        assert run.run_id == r["wandb"]["id"] and run.summary["test/acc"] == pytest.approx(r["metrics"]["test/acc"])
         ids.add(run.run_id)
     assert len(ids) == 4
     assert (sweep / "report.md").is_file()
@@ -74,7 +74,7 @@ def test_submitit_local_sweep_completes_and_an_interrupted_one_resumes(tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     outcomes = [j["outcome"] for j in jobs(sweep2)]
     assert "resumed" in outcomes and all(j["status"] == "completed" for j in jobs(sweep2))
-    assert len(list(store2.iterdir())) == 4 and not list(store2.glob("*/checkpoint.pt"))
+    assert len(entries(store2)) == 4 and not list(store2.glob("*/checkpoint.pt"))
 
 
 @pytest.mark.slow

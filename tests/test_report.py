@@ -286,7 +286,8 @@ def test_a_sweep_ends_with_its_report_and_a_rerun_from_scratch_reproduces_the_ta
 
     # logger=wandb: a sweep-level W&B run holds the comparison, and the Report spec waits offline.
     spec = json.loads((tmp_path / "a" / "wandb_report.json").read_text())
-    assert spec["runset"]["filters"] == "JobType = 'a'"
+    ids = sorted(json.loads(p.read_text())["wandb"]["id"] for p in (tmp_path / "a").glob("*/metrics.json"))
+    assert spec["runset"]["filters"] == "ID in [" + ", ".join(repr(i) for i in ids) + "]"
     (run_dir,) = (tmp_path / "a" / "wandb").glob("offline-run-*")
     run = read_offline_run(run_dir)
     assert run.job_type == "report" and run.group == "a"

@@ -144,7 +144,7 @@ def test_a_resumed_run_continues_its_offline_wandb_run(tmp_path):
     assert {wandb_id(d) for d in dirs} == {record["wandb"]["id"]}  # ... one W&B run ...
     assert record["wandb"]["id"].startswith(record["id"] + "-")  # ... named after the run and its store
     runs = [read_offline_run(d) for d in dirs]
-    assert runs[-1].run_id == record["id"]
+    assert runs[-1].run_id == record["wandb"]["id"]
     assert runs[-1].summary["test/acc"] == pytest.approx(record["metrics"]["test/acc"])
     epochs = [h["epoch"] for h in runs[-1].history if "val/acc" in h]
     assert epochs == list(range(record["resumed_from_epoch"] + 1, 5))

@@ -19,7 +19,7 @@ from collections import OrderedDict, defaultdict
 import numpy as np
 import torch
 
-from .row_adam import adam_rows, catch_up, catch_up_all, gradient_rows
+from .row_adam import adam_rows, bias_corrections, catch_up, catch_up_all, gradient_rows
 
 
 class FastOptimizer(torch.optim.Optimizer):
@@ -312,6 +312,7 @@ class DeferredAdam(AdamMoments):
         self.current = [np.zeros(w.shape[0], dtype=np.int64) for w in self.weights]
         self._slots = [np.full(w.shape[0], -1, dtype=np.int64) for w in self.weights]
         self._lr = lr
+        self._bc1, self._bc2_sqrt = bias_corrections(b1, b2, 1024)
         for i, emb in enumerate(embeddings):
             # The newest optimizer owns the table: hooks an earlier one left behind do nothing.
             emb._deferred_adam = self
@@ -322,8 +323,10 @@ class DeferredAdam(AdamMoments):
         g = self.sparse_group
         b1, b2 = g["betas"]
         decay = 1.0 - self._lr * g["weight_decay"]
+        if len(self._bc1) <= self.step_count:  # the bias corrections up to this step, and as many again
+            self._bc1, self._bc2_sqrt = bias_corrections(b1, b2, max(2 * len(self._bc1), self.step_count + 1))
         # The early stop relies on updates that shrink from step to step: true when beta1 < sqrt(beta2).
-        return self._lr, b1, b2, g["eps"], decay, b1 < math.sqrt(b2)
+        return self._lr, self._bc1, self._bc2_sqrt, b1, b2, g["eps"], decay, b1 < math.sqrt(b2)
 
     def _sync_lr(self) -> None:
         """A changed learning rate applies from the next step on: replay the missed ones at the old rate first."""

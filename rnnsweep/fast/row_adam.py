@@ -37,11 +37,17 @@ _HALF_ULP = np.float32(2.0**-25)
 _CHECK_EVERY = 8
 
 
-@_inline
-def _pow(beta, step):
-    """beta ** step as Python (and torch's bias corrections) compute it: C's pow. numba's power by
-    an integer multiplies instead, which differs in the last bits."""
-    return beta ** float(step)
+def bias_corrections(b1: float, b2: float, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per step number s (index s; 0 unused): 1 - b1^s in float64, and sqrt(1 - b2^s) rounded to
+    float32, each computed as torch's Adam computes it (Python's float power: C's pow; numba's
+    power by an integer multiplies instead, which differs in the last bits). The loops below look
+    them up instead of computing two powers per replayed step of every row."""
+    bc1 = np.zeros(steps + 1)
+    bc2_sqrt = np.zeros(steps + 1, dtype=np.float32)
+    for s in range(1, steps + 1):
+        bc1[s] = 1.0 - b1 ** float(s)
+        bc2_sqrt[s] = math.sqrt(1.0 - b2 ** float(s))
+    return bc1, bc2_sqrt
 
 
 @_inline
@@ -54,7 +60,7 @@ def _lerp(start, end, weight, rest):
 
 
 @_jit
-def _replay(p, m, v, r, first, last, lr, b1, b2, eps, decay, may_stop):
+def _replay(p, m, v, r, first, last, lr, bc1, bc2s, b1, b2, eps, decay, may_stop):
     """Zero-gradient Adam steps `first`..`last` (1-based step numbers) on row `r`.
 
     Element arithmetic in float32, in the order of torch's single-tensor float32 Adam
@@ -66,8 +72,8 @@ def _replay(p, m, v, r, first, last, lr, b1, b2, eps, decay, may_stop):
     zero = np.float32(0.0)
     s = first
     while s <= last:
-        step_size = np.float32(lr / (1.0 - _pow(b1, s)))
-        bc2_sqrt = np.float32(math.sqrt(1.0 - _pow(b2, s)))
+        step_size = np.float32(lr / bc1[s])
+        bc2_sqrt = bc2s[s]
         # Counting costs as much as the step itself, so only the first step and every
         # _CHECK_EVERY-th after it count (the first: rows that never had a gradient, or whose
         # updates already round away, stop at once); the few steps replayed past the first
@@ -99,7 +105,7 @@ def _replay(p, m, v, r, first, last, lr, b1, b2, eps, decay, may_stop):
 
 
 @_parallel
-def catch_up(p, m, v, current, ids, step, lr, b1, b2, eps, decay, may_stop):
+def catch_up(p, m, v, current, ids, step, lr, bc1, bc2s, b1, b2, eps, decay, may_stop):
     """Bring every row named in `ids` (repeats allowed) up to `step`."""
     stale = np.empty(ids.shape[0], dtype=np.int64)
     first = np.empty(ids.shape[0], dtype=np.int64)
@@ -112,32 +118,32 @@ def catch_up(p, m, v, current, ids, step, lr, b1, b2, eps, decay, may_stop):
             current[r] = step
             k += 1
     for j in prange(k):
-        _replay(p, m, v, stale[j], first[j], step, lr, b1, b2, eps, decay, may_stop)
+        _replay(p, m, v, stale[j], first[j], step, lr, bc1, bc2s, b1, b2, eps, decay, may_stop)
 
 
 @_parallel
-def catch_up_all(p, m, v, current, step, lr, b1, b2, eps, decay, may_stop):
+def catch_up_all(p, m, v, current, step, lr, bc1, bc2s, b1, b2, eps, decay, may_stop):
     for r in prange(p.shape[0]):
         if current[r] < step:
-            _replay(p, m, v, r, current[r] + 1, step, lr, b1, b2, eps, decay, may_stop)
+            _replay(p, m, v, r, current[r] + 1, step, lr, bc1, bc2s, b1, b2, eps, decay, may_stop)
             current[r] = step
 
 
 @_parallel
-def adam_rows(p, m, v, current, rows, grads, step, lr, b1, b2, eps, decay, may_stop):
+def adam_rows(p, m, v, current, rows, grads, step, lr, bc1, bc2s, b1, b2, eps, decay, may_stop):
     """Adam step number `step` for the rows with a gradient (each row once), after the steps they
     missed. As torch's single-tensor Adam: the step's scalars, (1 - beta) included, are computed
     in float64 and rounded once to float32; the element arithmetic is float32, in its order
     (m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2); p.addcdiv_(m, denom, -step))."""
-    step_size = np.float32(lr / (1.0 - _pow(b1, step)))
-    bc2_sqrt = np.float32(math.sqrt(1.0 - _pow(b2, step)))
+    step_size = np.float32(lr / bc1[step])
+    bc2_sqrt = bc2s[step]
     b2f, epsf, decayf = np.float32(b2), np.float32(eps), np.float32(decay)
     gain1, gain2 = np.float32(1.0 - b1), np.float32(1.0 - b2)
     rest1 = np.float32(1.0) - gain1
     for i in prange(rows.shape[0]):  # rows are distinct: each thread owns the rows it takes
         r = rows[i]
         if current[r] < step - 1:
-            _replay(p, m, v, r, current[r] + 1, step - 1, lr, b1, b2, eps, decay, may_stop)
+            _replay(p, m, v, r, current[r] + 1, step - 1, lr, bc1, bc2s, b1, b2, eps, decay, may_stop)
         pr, mr, vr, gr = p[r], m[r], v[r], grads[i]
         for e in range(pr.shape[0]):
             g = gr[e]
