@@ -372,3 +372,10 @@ def test_a_file_source_without_its_file_says_which_key_to_set(option, key, tmp_p
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1] == (
         f"rnnsweep: error: {key}: required, no default; set it on the command line ({key}=...)")
+
+
+def test_a_binary_file_is_named_as_one(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"text,label\n" + bytes(range(256)))
+    with pytest.raises(DataError, match=r"train\.csv:2: a NUL byte at column 1: not a text file"):
+        read_table(path, fmt="csv", text_columns=["text"], label_column="label", header=True, drop_empty=True)

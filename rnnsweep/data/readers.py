@@ -52,6 +52,8 @@ def _decoded_lines(path: Path) -> Iterator[str]:
     """The file's lines as text; a byte that is not UTF-8 names its line."""
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
+            if b"\x00" in raw:  # valid UTF-8, but no text file holds one: binary data
+                raise DataError(f"{path}:{number}: a NUL byte at column {raw.index(0) + 1}: not a text file")
             try:
                 yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as ex:
