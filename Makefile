@@ -13,7 +13,7 @@ SWEEP  ?= $(DEMO_SWEEP)
 
 RAY_VENV ?= .venv-ray
 
-.PHONY: venv run test test-fast test-ray bench bench-data bench-parallel clean
+.PHONY: venv run test test-fast test-ray bench bench-data bench-parallel bench-contention clean
 
 venv: $(STAMP)
 
@@ -57,6 +57,11 @@ bench-data: $(STAMP)
 # ARGS="--logger none" without a tracker, ARGS="--epochs 5" for longer jobs.
 bench-parallel: $(STAMP)
 	$(PY) benchmarks/parallel_sweep.py $(ARGS)
+
+# The lesson's LSTM at the default thread count and at one thread: idle, beside a CPU-bound
+# process, beside a second training run (started and stopped here); ARGS="--repeats 5".
+bench-contention: $(STAMP)
+	$(PY) benchmarks/contention.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(RAY_VENV) dist build *.egg-info .pytest_cache

@@ -6,9 +6,17 @@ where it lives and what it is called, and turns every error a user can cause int
 
 from __future__ import annotations
 
+import os
+
+# An OpenMP thread (torch's, the compiled layers') that runs out of work spins for 300,000 turns
+# by default before it sleeps: on a shared machine it takes the core another thread or program
+# needs. 10,000 turns keep it awake between the parallel regions of one training step and let it
+# sleep soon after (benchmarks/README.md, "Speed on a shared CPU"). Read by GNU OpenMP when torch
+# loads it, so it is set before anything imports torch; a value already set is kept.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 import logging
 import math
-import os
 import re
 import shutil
 import sys
@@ -105,7 +113,7 @@ def threads_per_job() -> int:
     if "ray" in target.lower():
         remote = (launcher.get("ray") or {}).get("remote") or {}
         return max(1, int(remote.get("num_cpus") or 1))
-    return 0  # in-process launcher: keep torch's default
+    return 0  # in-process launcher: every core the process may use
 
 
 def store_root(store: str) -> Path:
@@ -152,8 +160,7 @@ def app(cfg: DictConfig) -> float:
               "Add -m to run the grid.", file=sys.stderr)
     try:
         settings = config.validate(cfg)  # fails here, before any data is loaded
-        if settings.runtime.threads == 0:
-            settings.runtime.threads = threads_per_job()
+        job.threads = threads_per_job()
         from .run import preflight
 
         problem = preflight(settings)  # what the config asks of this machine (CUDA, ...)

@@ -50,6 +50,7 @@ class Job:
     choices: dict[str, str] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     base_dir: Path = field(default_factory=Path.cwd)  # where rnnsweep was started: relative paths start here
+    threads: int = 0  # the launcher's share of the cores for runtime.threads=0; 0: every core this process may use
 
 
 @dataclass
@@ -153,8 +154,11 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
         fingerprint = data_fingerprint(source, split)
     except DataError as ex:  # e.g. a data file that does not exist: nothing to identify, nothing to run
         return bad_input(ex)
-    if settings.runtime.threads == 0:  # torch's default: what the run will train on
-        settings.runtime.threads = torch.get_num_threads()
+    # runtime.threads=0: the launcher's share, else every core this process may use; with the
+    # compiled layers a governor then picks between that and one thread as the machine allows.
+    govern = settings.runtime.threads == 0
+    if govern:
+        settings.runtime.threads = job.threads or available_cores()
     identity = store.run_identity(to_plain(settings), fingerprint)
     entry = store.Entry(store_root / identity.run_id)
     status = entry.status()
@@ -199,7 +203,7 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
             try:
                 tag = store.store_tag(store_root)
                 record = train(settings, job, entry.dir, identity=identity, attempt=attempt,
-                               resume=action == "resume", data=data, progress=progress,
+                               resume=action == "resume", data=data, progress=progress, govern_threads=govern,
                                wandb_id=f"{identity.run_id}-{tag}" + (f"-{attempt}" if attempt > 1 else ""))
             except RunFailed as ex:
                 result = finish(entry.record(), outcome="failed", status="failed", error=str(ex), **common)
@@ -213,6 +217,14 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
         return finish(outcome="busy", status="running", **common)
     outcome = "resumed" if record["resumed_from_epoch"] is not None else "trained"
     return finish(record, outcome=outcome, status=record["status"], **common)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a cluster job's allocation), not the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on this OS
+        return os.cpu_count() or 1
 
 
 def seed_everything(seed: int) -> None:
@@ -281,11 +293,13 @@ def _open_tracker(settings: RootConfig, job: Job, out_dir: Path, identity: store
 
 def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: store.Identity | None = None,
           attempt: int = 1, resume: bool = False, data: Splits | None = None,
-          progress: bool | None = None, wandb_id: str | None = None) -> dict[str, Any]:
+          progress: bool | None = None, wandb_id: str | None = None, govern_threads: bool = False) -> dict[str, Any]:
     """Train and test one configuration in `out_dir` (resuming from its checkpoint if `resume`);
     returns the result record it wrote there. `data`: the encoded splits, if the caller has them.
     `wandb_id`: the W&B run to log to (a resumed run continues its own; run_job names it after the
-    identity, the store and the attempt); by default the identity's run id."""
+    identity, the store and the attempt); by default the identity's run id. `govern_threads`: on
+    the CPU with the compiled layers, train on runtime.threads or on one thread, whichever is
+    faster while the run trains (fast.ThreadGovernor; the numbers are the same either way)."""
     if wandb_id is None and identity is not None:
         wandb_id = identity.run_id if attempt == 1 else f"{identity.run_id}-{attempt}"
     job = job or Job(dir=out_dir)
@@ -370,14 +384,17 @@ def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: sto
 
         tr = cfg.train
         shuffle = torch.Generator()
+        governor = (fast.ThreadGovernor(cfg.runtime.threads) if govern_threads and device.type == "cpu"
+                    and cfg.runtime.compiled_rnn and cfg.runtime.threads > 1 else None)
         bucket = cfg.batching.bucket_pool if cfg.batching.bucket else None
         pin = device.type == "cuda"
 
         def train_batches(epoch: int):
             # Seeded per epoch, so epoch k's batch order does not depend on how we got there.
             shuffle.manual_seed(cfg.seed * 1_000_003 + epoch)
-            return batches.iterate(data.train, tr.batch_size, shuffle=True, generator=shuffle, bucket_pool=bucket,
-                                   limit=tr.epoch_size, pin=pin)
+            epoch_batches = batches.iterate(data.train, tr.batch_size, shuffle=True, generator=shuffle,
+                                            bucket_pool=bucket, limit=tr.epoch_size, pin=pin)
+            return governor.govern(epoch_batches) if governor else epoch_batches
 
         def eval_batches(split):
             # Evaluation order changes no metric: sort the whole split by length when bucketing.
@@ -439,6 +456,8 @@ def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: sto
                 record["model"] = {"dir": str(model_dir), "bytes": size}
                 if cfg.logger.log_model:
                     tracker.log_model(model_dir, f"model-{wandb_id or 'run'}")
+            if governor:
+                record["env"]["thread_governor"] = {"windows": governor.windows, "switches": governor.switches}
             record["status"] = "completed"
             if not cfg.ledger.keep_checkpoint:
                 ckpt_path.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ rest of rnnsweep. The training loop knows none of it: it gets a `torch.optim.Opt
 - `make_optimizer`: torch's optimizers, or ours (optimizers.py), for a model.
 - `layer`, `applies`, `WEIGHTS`: one compiled RNN/GRU/LSTM layer (cpu_rnn.py), for the model.
 - `warm_up`, `set_threads`: compile (or load) the loops before training; their thread count.
+- `ThreadGovernor`: trains on all the run's threads or on one, whichever is faster right now.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from .cpu_rnn import WEIGHTS, applies, kind_of, layer, set_threads
 from .cpu_rnn import warm_up as _warm_up_layers
 from .optimizers import DeferredAdam, LazyAdam, make_optimizer
 from .optimizers import warm_up as _warm_up_adam
+from .threads import ThreadGovernor
 
-__all__ = ["WEIGHTS", "applies", "embedding_grad", "layer", "make_optimizer", "pending_work", "set_threads", "warm_up"]
+__all__ = ["WEIGHTS", "ThreadGovernor", "applies", "embedding_grad", "layer", "make_optimizer", "pending_work",
+           "set_threads", "warm_up"]
 
 
 def embedding_grad(optimizer: str, choice: str | None, weight_decay: float, device: torch.device) -> str:

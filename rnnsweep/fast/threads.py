@@ -1,0 +1,82 @@
+"""How many threads the compiled layers train on: all the run may use, or one, whichever is faster now.
+
+A batch of a small recurrent model is split over threads by sequence, in one parallel region per
+layer and direction. On an idle machine two threads beat one. Beside anything else that wants a
+core (a browser, another job, a second sweep), one of the two threads waits for its core at every
+region's end, and two threads lose to one by a factor of three or more. Which case holds changes
+while a run trains, so the governor measures: it starts on one thread, times the steps in
+windows, tries the other setting for a short window now and then (less often each time it
+loses, at once again after a switch), and keeps the faster. The compiled layers compute every
+sequence on one thread whatever the count (tested bit for bit), so switching changes no number;
+with torch's own layers the count can change results, and the governor is not used.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Iterator
+
+import torch
+
+from .cpu_rnn import set_threads
+
+WINDOW_S = 0.1  # seconds of training per measurement of the chosen setting: dozens of scheduler slices
+PROBE_S = 0.03  # seconds per try of the other setting (short: when it loses, it loses by a lot)
+FIRST_PROBE = 1  # windows before the first try of the other setting
+LAST_PROBE = 256  # the longest wait between tries while the choice keeps winning (about 25 s)
+MARGIN = 1.05  # the other setting must be this much faster to take over
+
+
+class ThreadGovernor:
+    """Chooses between `most` threads and one, window by window, for the batches it is given."""
+
+    def __init__(self, most: int):
+        self.most = most
+        # One thread first: where the machine is shared that is the right choice, and where it
+        # is idle the first try of `most` comes one window later.
+        self.current = 1
+        self.probing = False  # this window runs on the other setting
+        self.until_probe = FIRST_PROBE
+        self.interval = FIRST_PROBE
+        self.rate: dict[int, float] = {}  # threads -> seconds per token, the latest window
+        self.switches = 0
+        self.windows = {most: 0, 1: 0}
+        self._use(1)
+
+    def _use(self, threads: int) -> None:
+        torch.set_num_threads(threads)
+        set_threads(threads)
+
+    def _window_done(self, seconds_per_token: float) -> None:
+        threads = torch.get_num_threads()  # what this window trained on
+        self.rate[threads] = seconds_per_token
+        self.windows[threads] = self.windows.get(threads, 0) + 1
+        if self.probing:  # the other setting's window: keep it if it was clearly faster
+            self.probing = False
+            if seconds_per_token * MARGIN < self.rate[self.current]:
+                self.current, self.interval = threads, 2 * FIRST_PROBE
+                self.switches += 1
+            else:  # a clear loss is not worth trying again soon
+                clear = seconds_per_token > 1.5 * self.rate[self.current]
+                self.interval = min((4 if clear else 2) * self.interval, LAST_PROBE)
+            self.until_probe = self.interval
+            self._use(self.current)
+            return
+        self.until_probe -= 1
+        if self.until_probe <= 0:
+            self.probing = True
+            self._use(1 if self.current == self.most else self.most)
+
+    def govern(self, batches: Iterable) -> Iterator:
+        """The batches, unchanged; between them, the thread count is measured and chosen."""
+        started, tokens = None, 0
+        for batch in batches:
+            now = time.perf_counter()
+            if started is None:
+                started = now
+            elif now - started >= (PROBE_S if self.probing else WINDOW_S) and tokens:
+                self._window_done((now - started) / tokens)
+                started, tokens = time.perf_counter(), 0
+            tokens += batch.ids.numel()
+            yield batch
+        # An epoch's last, partial window is not measured: evaluation follows, not training.
