@@ -99,9 +99,18 @@ def is_multirun() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a cluster job's allocation), not the node's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on this OS
+        return os.cpu_count() or 1
+
+
 def threads_per_job() -> int:
-    """Cores divided among the jobs that run at once, so parallel workers do not oversubscribe."""
-    cores = os.cpu_count() or 1
+    """The cores this process may use, divided among the jobs that run at once, so parallel
+    workers do not oversubscribe."""
+    cores = available_cores()
     launcher = HydraConfig.get().launcher
     target = str(launcher.get("_target_", ""))
     if "joblib" in target:
@@ -113,7 +122,7 @@ def threads_per_job() -> int:
     if "ray" in target.lower():
         remote = (launcher.get("ray") or {}).get("remote") or {}
         return max(1, int(remote.get("num_cpus") or 1))
-    return 0  # in-process launcher: every core the process may use
+    return cores  # in-process launcher: one job at a time
 
 
 def store_root(store: str) -> Path:

@@ -442,6 +442,11 @@ def validate(cfg: DictConfig) -> RootConfig:
     _require(root.ledger.store.strip() != "", "ledger.store", "''", "must name a directory (relative paths start "
              "where rnnsweep runs)")
     _require(root.logger.log_every >= 1, "logger.log_every", root.logger.log_every, "must be >= 1")
+    if root.logger.log_model:
+        _require(root.ledger.keep_model, "logger.log_model", "true", "uploads the model a run keeps: it needs "
+                 "ledger.keep_model=true")
+        _require(root.logger.backend is LoggerBackend.wandb, "logger.log_model", "true",
+                 "uploads to W&B: it needs logger=wandb")
     if root.logger.backend is LoggerBackend.wandb:
         problem = wandb_mode_env_problem()
         if problem:

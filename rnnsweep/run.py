@@ -50,7 +50,7 @@ class Job:
     choices: dict[str, str] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     base_dir: Path = field(default_factory=Path.cwd)  # where rnnsweep was started: relative paths start here
-    threads: int = 0  # the launcher's share of the cores for runtime.threads=0; 0: every core this process may use
+    threads: int = 0  # the cores runtime.threads=0 stands for (cli: the launcher's share); 0: torch's count
 
 
 @dataclass
@@ -158,7 +158,7 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
     # compiled layers a governor then picks between that and one thread as the machine allows.
     govern = settings.runtime.threads == 0
     if govern:
-        settings.runtime.threads = job.threads or available_cores()
+        settings.runtime.threads = job.threads or torch.get_num_threads()
     identity = store.run_identity(to_plain(settings), fingerprint)
     entry = store.Entry(store_root / identity.run_id)
     status = entry.status()
@@ -188,9 +188,12 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
     try:
         # Whatever the record said a moment ago, another process may hold the entry now: wait for it.
         with entry.lock(timeout=settings.ledger.busy_wait):
-            # Decided before the lock: look again now that no one else can change the entry.
+            # Decided before the lock: look again now that no one else can change the entry. A run
+            # that this job waited for and that finished meanwhile is this job's result, forced or not.
+            waited = action == "busy"
             status = entry.status(holding_lock=True)
-            action = store.decide(status, settings.ledger.force, entry.checkpoint_path.is_file())
+            force = settings.ledger.force and not (waited and status in ("completed", "diverged"))
+            action = store.decide(status, force, entry.checkpoint_path.is_file())
             if action == "skip":
                 return finish(entry.record(), outcome="skipped", status=status, **common)
             previous = entry.record() or {}
@@ -198,6 +201,8 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
             # ended: a run cut before its first checkpoint starts over in the same W&B run.
             again = action == "train" and status not in ("new", "interrupted")
             attempt = previous.get("attempt", 0) + 1 if again or not previous else previous.get("attempt", 1)
+            if not previous:  # no record, or a damaged one: never append to a W&B run the entry already has
+                attempt = len(store.wandb_runs(entry.dir)) + 1
             if action == "train":
                 entry.checkpoint_path.unlink(missing_ok=True)
             try:
@@ -217,14 +222,6 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
         return finish(outcome="busy", status="running", **common)
     outcome = "resumed" if record["resumed_from_epoch"] is not None else "trained"
     return finish(record, outcome=outcome, status=record["status"], **common)
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity: a cluster job's allocation), not the machine's."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # no affinity on this OS
-        return os.cpu_count() or 1
 
 
 def seed_everything(seed: int) -> None:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -204,12 +205,21 @@ def store_tag(root: Path) -> str:
             os.link(tmp, path)  # created whole, and only if no one else created it first
         except FileExistsError:
             pass
+        except OSError:  # a filesystem without hard links: a plain rename, if still no one has
+            if not path.exists():
+                os.replace(tmp, path)
         finally:
-            os.unlink(tmp)
+            Path(tmp).unlink(missing_ok=True)
     tag = secrets.token_hex(4)
     write_json(path, {"tag": tag})
     log.warning("%s was damaged; the store has a new tag (its runs' next W&B runs are new ones)", path)
     return tag
+
+
+def wandb_runs(entry_dir: Path) -> set[str]:
+    """The W&B run ids an entry's files hold (its wandb/ directory: offline-run-* and run-*)."""
+    names = (re.fullmatch(r"(?:offline-)?run-\d{8}_\d{6}-(.+)", d.name) for d in (entry_dir / "wandb").glob("*run-*"))
+    return {m.group(1) for m in names if m}
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

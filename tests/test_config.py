@@ -160,3 +160,10 @@ def test_unknown_keys_get_the_nearest_known_keys(key, hint):
 def test_a_key_near_nothing_gets_no_guess():
     assert "did you mean" not in config.unknown_key_hint("model.colour")
     assert config.unknown_key_hint("ledger.store.deeper", list_section=False) == ""
+
+
+def test_log_model_needs_a_kept_model_and_wandb(compose_cfg):
+    with pytest.raises(config.ConfigError, match="logger.log_model=true: uploads the model a run keeps"):
+        config.validate(compose_cfg(["logger.log_model=true", "ledger.keep_model=false"]))
+    with pytest.raises(config.ConfigError, match="logger.log_model=true: uploads to W&B: it needs logger=wandb"):
+        config.validate(compose_cfg(["logger=none", "logger.log_model=true"]))

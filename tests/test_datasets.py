@@ -162,7 +162,9 @@ def test_one_non_integer_label_in_an_integer_file_is_an_error_naming_its_line(tm
 
 
 @pytest.mark.parametrize("labels,gap", [(["1", "2", "7", "1"], "leave 4 class(es) without a training row (3, 4, 5, 6"),
-                                        (["1", "2", "100000000"], "leave 99999997 class(es)")])
+                                        (["1", "2", "100000000"], "leave 99999997 class(es)"),
+                                        (["1", "2", "1000000000000"], "leave 999999999997 class(es) without a "
+                                         "training row (3, 4, 5, 6, 7, ...")])
 def test_integer_labels_with_gaps_are_an_error_not_empty_classes(tmp_path, labels, gap):
     train = labels_file(tmp_path, "t.csv", labels)
     with pytest.raises(DataError, match=re.escape(gap)):

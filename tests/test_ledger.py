@@ -182,3 +182,15 @@ def test_the_store_never_hands_one_implementations_result_to_another(compose_cfg
         results.append(run.run_job(settings, job, tmp_path / "store", raise_on_failure=True).job)
     assert [r["outcome"] for r in results] == ["trained", "trained", "trained", "skipped"]
     assert len({r["id"] for r in results[:3]}) == 3 and results[3]["id"] == results[0]["id"]
+
+
+def test_a_run_trained_again_after_its_record_was_damaged_gets_a_new_wandb_run(compose_cfg, tmp_path,
+                                                                                  no_wandb_account):
+    settings = config.validate(compose_cfg([*TINY, "logger=wandb", "logger.mode=offline"]))
+    first = run.run_job(settings, run.Job(dir=tmp_path / "a"), tmp_path / "store", raise_on_failure=True)
+    entry = tmp_path / "store" / first.job["id"]
+    (entry / "metrics.json").write_text("[]")  # damaged: the run trains again
+    again = run.run_job(settings, run.Job(dir=tmp_path / "b"), tmp_path / "store", raise_on_failure=True)
+    assert again.job["outcome"] == "trained" and again.record["attempt"] == 2
+    assert again.record["wandb"]["id"] == first.record["wandb"]["id"] + "-2"
+    assert store.wandb_runs(entry) == {first.record["wandb"]["id"], again.record["wandb"]["id"]}

@@ -229,31 +229,22 @@ def prepare(source: Source, split: SplitOptions, tok: TokenizerOptions, cache_ro
     splits = load_entry(directory)
     if splits is not None:
         return splits
-    created = [d for d in (cache_root, root) if not d.exists()]
+    # Read (and check) the source before anything is written: bad input leaves no directory and no
+    # lock file behind. Jobs that start together may each read it; one of them builds the entry.
+    raw = source.read(progress=progress)
     root.mkdir(parents=True, exist_ok=True)
-    lock = root / f"{key}.lock"
-    try:
-        with FileLock(str(lock)):
-            splits = load_entry(directory)  # another process may have built it while we waited
-            if splits is not None:
-                return splits
-            for stale in root.glob(f".{key}.tmp-*"):  # left by a build that was killed
-                shutil.rmtree(stale, ignore_errors=True)
-            raw = source.read(progress=progress)
-            for warning in raw.warnings:
-                log.warning("%s", warning)
-            build_entry(raw, split, tok, directory, fingerprint=fingerprint, progress=progress)
-            log.info("encoded cache built: %s", directory)
-            splits = load_entry(directory)
-            if splits is None:
-                raise RuntimeError(f"the encoded cache {directory} could not be read back after building it")
-    except DataError:
-        # Bad input builds nothing, and leaves nothing behind: the lock file, and the directories
-        # this call made, go again (a process still waiting on the lock fails on the same input).
-        lock.unlink(missing_ok=True)
-        for d in reversed(created):
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
-        raise
+    with FileLock(str(root / f"{key}.lock")):
+        splits = load_entry(directory)  # another process may have built it while we read
+        if splits is not None:
+            return splits
+        for stale in root.glob(f".{key}.tmp-*"):  # left by a build that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        for warning in raw.warnings:
+            log.warning("%s", warning)
+        build_entry(raw, split, tok, directory, fingerprint=fingerprint, progress=progress)
+        log.info("encoded cache built: %s", directory)
+        splits = load_entry(directory)
+        if splits is None:
+            raise RuntimeError(f"the encoded cache {directory} could not be read back after building it")
     splits.built = True
     return splits

@@ -235,13 +235,13 @@ def map_labels(files: Sequence[Rows], *, classes: Sequence[str] | None, offset: 
                                 f"so with data.label_offset={offset} classes {offset}..{seen[0] + offset - 1} would "
                                 f"have no training row; set data.label_offset={seen[0] + offset}")
             if seen[-1] + 1 != len(seen):
-                empty = sorted(set(range(seen[-1] + 1)) - set(seen))
-                shown = ", ".join(str(i + offset) for i in empty[:5]) + (", ..." if len(empty) > 5 else "")
+                missing = seen[-1] + 1 - len(seen)  # counted, not listed: a typo'd label may be huge
+                first_gaps = [i for a, b in zip([-1, *seen], seen) for i in range(a + 1, min(b, a + 6))][:5]
+                shown = ", ".join(str(i + offset) for i in first_gaps) + (", ..." if missing > len(first_gaps) else "")
                 raise DataError(
                     f"{first.path}: integer labels {', '.join(str(i + offset) for i in seen[:8])}"
-                    f"{', ...' if len(seen) > 8 else ''} leave {len(empty)} class(es) without a training row "
-                    f"({shown}; data.label_offset={offset}); number the classes without gaps, or name them "
-                    "in order with data.classes")
+                    f"{', ...' if len(seen) > 8 else ''} leave {missing} class(es) without a training row "
+                    f"({shown}; data.label_offset={offset}); number the classes without gaps")
             names = [str(i) for i in range(len(seen))]
         mapping = {str(i + offset): i for i in range(len(names))}
     else:

@@ -97,7 +97,7 @@ class DenseAdam(AdamMoments):
                  weight_decay: float = 0.0, decoupled: bool = False, impl: dict[str, bool] | None = None):
         self.params = list(params)
         self._init_groups([{"params": self.params, "lr": lr, "betas": tuple(betas), "eps": eps,
-                            "weight_decay": weight_decay}], {"lr": lr})
+                            "weight_decay": weight_decay}], {"lr": lr, "betas": tuple(betas), "eps": eps})
         self.decoupled = decoupled
         impl = impl if impl is not None else _adam_impl("auto", self.params)
         self.fused, self.foreach = bool(impl.get("fused")), bool(impl.get("foreach"))
@@ -169,7 +169,8 @@ class RowAdam(AdamMoments):
 
     def __init__(self, params: list[torch.nn.Parameter], *, lr: float, betas, eps: float):
         self.params, (self.beta1, self.beta2), self.eps = params, tuple(betas), eps
-        self._init_groups([{"params": params, "lr": lr, "betas": tuple(betas), "eps": eps}], {"lr": lr})
+        self._init_groups([{"params": params, "lr": lr, "betas": tuple(betas), "eps": eps}],
+                          {"lr": lr, "betas": tuple(betas), "eps": eps})
         self.step_count = 0
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
@@ -226,7 +227,8 @@ class LazyAdam(FastOptimizer):
     def __init__(self, sparse: list, dense: list, *, lr: float, betas, eps: float):
         self.sparse = RowAdam(sparse, lr=lr, betas=betas, eps=eps)
         self.dense = DenseAdam(dense, lr=lr, betas=betas, eps=eps)
-        self._init_groups(self.sparse.param_groups + self.dense.param_groups, {"lr": lr})
+        self._init_groups(self.sparse.param_groups + self.dense.param_groups,
+                          {"lr": lr, "betas": tuple(betas), "eps": eps})
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.sparse.zero_grad(set_to_none)
@@ -304,7 +306,8 @@ class DeferredAdam(AdamMoments):
                 raise ValueError("deferred Adam runs on float32 CPU embeddings")
         self.sparse_group = {"params": self.weights, "lr": lr, "betas": (b1, b2), "eps": eps,
                              "weight_decay": weight_decay}
-        self._init_groups([self.sparse_group, *(self.dense.param_groups if self.dense else [])], {"lr": lr})
+        self._init_groups([self.sparse_group, *(self.dense.param_groups if self.dense else [])],
+                          {"lr": lr, "betas": (b1, b2), "eps": eps})
         self.step_count = 0
         self.exp_avg = [torch.zeros_like(w) for w in self.weights]
         self.exp_avg_sq = [torch.zeros_like(w) for w in self.weights]

@@ -104,8 +104,10 @@ def build_report(spec: dict[str, Any], entity: str):
 def online_problem(sweep_dir: Path) -> str | None:
     """Why W&B cannot be reached from here, in one line, quickly; None when it can."""
     synced_first = f"(the sweep's offline runs go up first: rnnsweep-report {sweep_dir} --sync-wandb)"
-    if not wandb_api_key_configured():
+    if not wandb_api_key_configured() and not os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return f"not logged in to W&B: run `wandb login` or set WANDB_API_KEY {synced_first}"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+        return None  # through a proxy a direct probe says nothing: W&B itself reports what fails
     base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
     url = urlparse(base)
     outcome: list[str | None] = []
@@ -147,10 +149,11 @@ def sync_sweep(sweep_dir: Path, *, dry_run: bool) -> list[str]:
     problem = online_problem(sweep_dir)
     if problem:
         raise ValueError(problem.split(" (the sweep's")[0])
-    wandb_cli = shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))
-    done = subprocess.run([wandb_cli, "sync", *map(str, runs + comparison)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise ValueError(f"wandb sync failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}")
+    if runs or comparison:  # a bare `wandb sync` would sync every run of the wandb directory
+        wandb_cli = shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))
+        done = subprocess.run([wandb_cli, "sync", *map(str, runs + comparison)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ValueError(f"wandb sync failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}")
     return lines + [f"synced; W&B report: {push_report(sweep_dir)}"]
 
 
