@@ -14,8 +14,8 @@ from rnnsweep.fast import threads as governor_module
 from rnnsweep.fast.threads import ThreadGovernor
 
 
-def simulate(monkeypatch, step_seconds: dict[int, float], batches: int = 4000) -> ThreadGovernor:
-    """Feed the governor batches whose steps take `step_seconds[threads]` on a fake clock."""
+def simulate(monkeypatch, step_seconds, batches: int = 4000) -> ThreadGovernor:
+    """Feed the governor batches whose i-th step takes `step_seconds(i, threads)` on a fake clock."""
     clock = [0.0]
     monkeypatch.setattr(governor_module.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(governor_module, "set_threads", lambda n: n)
@@ -23,38 +23,27 @@ def simulate(monkeypatch, step_seconds: dict[int, float], batches: int = 4000) -
     governor = ThreadGovernor(2)
     batch = Batch(torch.zeros(16, 40, dtype=torch.long), torch.full((16,), 40), torch.zeros(16, dtype=torch.long))
     try:
-        for _ in governor.govern(batch for _ in range(batches)):
-            clock[0] += step_seconds[torch.get_num_threads()]
+        for i, _ in enumerate(governor.govern(batch for _ in range(batches))):
+            clock[0] += step_seconds(i, torch.get_num_threads())
     finally:
         torch.set_num_threads(before)
     return governor
 
 
 def test_beside_a_neighbour_it_settles_on_one_thread(monkeypatch):
-    g = simulate(monkeypatch, {1: 0.001, 2: 0.003})  # two threads three times slower: a shared CPU
+    g = simulate(monkeypatch, lambda i, threads: {1: 0.001, 2: 0.003}[threads])  # two threads three times slower: a shared CPU
     assert g.current == 1 and g.windows[2] <= 6 and g.windows[1] > 10 * g.windows[2]
 
 
 def test_on_an_idle_machine_it_settles_on_all_threads(monkeypatch):
-    g = simulate(monkeypatch, {1: 0.0013, 2: 0.001})
+    g = simulate(monkeypatch, lambda i, threads: {1: 0.0013, 2: 0.001}[threads])
     assert g.current == 2 and g.switches == 1 and g.windows[2] > 5 * g.windows[1]  # probes of 1 thread: short, rarer
 
 
 def test_a_machine_that_gets_busy_midway_is_followed(monkeypatch):
-    clock = [0.0]
-    monkeypatch.setattr(governor_module.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(governor_module, "set_threads", lambda n: n)
-    before = torch.get_num_threads()
-    governor = ThreadGovernor(2)
-    batch = Batch(torch.zeros(16, 40, dtype=torch.long), torch.full((16,), 40), torch.zeros(16, dtype=torch.long))
-    try:
-        for i, _ in enumerate(governor.govern(batch for _ in range(60000))):
-            busy = i > 20000
-            clock[0] += {1: 0.0013, 2: 0.001}[torch.get_num_threads()] if not busy else \
-                {1: 0.0013, 2: 0.004}[torch.get_num_threads()]
-    finally:
-        torch.set_num_threads(before)
-    assert governor.current == 1 and governor.switches == 2
+    idle, busy = {1: 0.0013, 2: 0.001}, {1: 0.0013, 2: 0.004}
+    g = simulate(monkeypatch, lambda i, threads: (busy if i > 20000 else idle)[threads], batches=60000)
+    assert g.current == 1 and g.switches == 2
 
 
 def test_switching_threads_mid_run_changes_no_number(compose_cfg, tmp_path, monkeypatch):
