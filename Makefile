@@ -13,13 +13,15 @@ SWEEP  ?= $(DEMO_SWEEP)
 
 RAY_VENV ?= .venv-ray
 
-.PHONY: venv run test test-fast test-ray bench bench-data bench-parallel bench-contention clean
+.PHONY: venv run test test-fast test-ray bench bench-data bench-parallel bench-contention bench-cold clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@# numba compiles the CPU kernels once and caches them: here, in parallel, rather than in the first run
+	$(PY) -m rnnsweep.fast.compile
 	touch $@
 
 run: $(STAMP)
@@ -62,6 +64,11 @@ bench-parallel: $(STAMP)
 # process, beside a second training run (started and stopped here); ARGS="--repeats 5".
 bench-contention: $(STAMP)
 	$(PY) benchmarks/contention.py $(ARGS)
+
+# Seconds to the first training step: cold (empty numba and data caches; kernels compiled one
+# after the other, as before, or side by side) and warm; a single run and a 3-job sweep.
+bench-cold: $(STAMP)
+	$(PY) benchmarks/cold_start.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(RAY_VENV) dist build *.egg-info .pytest_cache

@@ -98,3 +98,38 @@ def test_optuna_search_reports_its_best_trial_and_reuses_the_store(tmp_path):
     assert {j["outcome"] for j in jobs(tmp_path / "again")} == {"skipped"}  # same seed, same trials
     assert len(entries(store)) == trained
     assert yaml.safe_load((tmp_path / "again" / "optimization_results.yaml").read_text())["best_value"] == best["best_value"]
+
+
+TIMING = ("train/examples_per_s", "train/seconds", "wall_s")
+
+
+def _results(store: Path) -> dict[str, dict]:
+    """Per run id: status, metrics and history without the timing figures, and the thread count."""
+    out = {}
+    for path in store.glob("*/metrics.json"):
+        r = json.loads(path.read_text())
+        out[r["id"]] = {"status": r["status"], "threads": r["env"]["threads"],
+                        "metrics": {k: v for k, v in r["metrics"].items() if k not in TIMING},
+                        "history": [{k: v for k, v in h.items() if k not in TIMING} for h in r["history"]]}
+    return out
+
+
+@pytest.mark.slow
+def test_every_launcher_trains_the_same_numbers_whatever_threads_each_job_gets(tmp_path):
+    """The basic launcher gives a job every core, launcher=parallel one core per worker: each run
+    of the grid has the same metrics and history, to the bit, under both."""
+    grid = ["model=rnn,gru,lstm", "topology=uni,bi", *SMALL, "train.epochs=2", "data.train_size=400", "logger=none"]
+    results = {}
+    for launcher in ("basic", "parallel"):
+        res = run_cli(["-m", f"launcher={launcher}", *grid, f"ledger.store={tmp_path / launcher}",
+                       f"hydra.sweep.dir={tmp_path / ('sweep-' + launcher)}"], cwd=tmp_path)
+        assert res.returncode == 0, res.stdout + res.stderr
+        results[launcher] = _results(tmp_path / launcher)
+    basic, parallel = results["basic"], results["parallel"]
+    assert len(basic) == 6 and basic.keys() == parallel.keys()
+    if (os.cpu_count() or 1) > 1:  # the point of the test: different thread counts per job
+        assert {r["threads"] for r in basic.values()} != {r["threads"] for r in parallel.values()}
+    for run_id in basic:
+        assert basic[run_id]["status"] == parallel[run_id]["status"] == "completed"
+        assert basic[run_id]["metrics"] == parallel[run_id]["metrics"], run_id
+        assert basic[run_id]["history"] == parallel[run_id]["history"], run_id

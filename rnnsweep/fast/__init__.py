@@ -19,9 +19,7 @@ from typing import Callable
 import torch
 
 from .cpu_rnn import WEIGHTS, applies, kind_of, layer, set_threads
-from .cpu_rnn import warm_up as _warm_up_layers
 from .optimizers import DeferredAdam, LazyAdam, make_optimizer
-from .optimizers import warm_up as _warm_up_adam
 from .threads import ThreadGovernor
 
 __all__ = ["WEIGHTS", "ThreadGovernor", "applies", "embedding_grad", "layer", "make_optimizer", "pending_work",
@@ -51,14 +49,17 @@ def embedding_grad(optimizer: str, choice: str | None, weight_decay: float, devi
 def warm_up(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, compiled_layers: bool) -> None:
     """numba compiles each loop at its first call: seconds, the first time after an install. Make
     those calls here, on tiny tensors, so that the timed epoch (and the examples/s a report
-    compares across runs) does not include them. `compiled_layers`: the model runs `layer`."""
-    if compiled_layers:
-        for kind in {type(m) for m in model.modules() if kind_of(m) is not None}:
-            _warm_up_layers(kind)
+    compares across runs) does not include them; a cold cache is announced and compiled in
+    parallel (compile.prepare). `compiled_layers`: the model runs `layer`."""
+    groups = sorted({kind_of(m) for m in model.modules() if kind_of(m) is not None}) if compiled_layers else []
     if isinstance(optimizer, DeferredAdam):
-        _warm_up_adam(lazy=False)
+        groups.append("adam")
     elif isinstance(optimizer, LazyAdam):
-        _warm_up_adam(lazy=True)
+        groups.append("lazy_adam")
+    if groups:
+        from .compile import prepare
+
+        prepare(groups)
 
 
 def pending_work(optimizer: torch.optim.Optimizer) -> Callable[[], None] | None:
