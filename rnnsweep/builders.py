@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import fast
@@ -22,7 +23,7 @@ from .config import (
     TokenizerConfig,
     TopologyConfig,
 )
-from .data import SplitOptions, TokenizerOptions, sources
+from .data import PretrainedVectors, SplitOptions, TokenizerOptions, VectorsFile, sources, vectors_file
 from .data.pipeline import Source
 from .model import TextClassifier
 
@@ -61,6 +62,15 @@ def data_source(data, base_dir: Path, cache_root: Path) -> Source:
                                    text_columns=data.text_columns, label_column=data.label_column,
                                    drop_empty=data.drop_empty)
     raise ValueError(f"no loader for data={data.name}")
+
+
+def pretrained_vectors(model: ModelConfig, base_dir: Path) -> VectorsFile | None:
+    """model.vectors (relative to `base_dir`, like data paths), checked against model.embed_dim;
+    None unless embed_init=pretrained. Raises DataError for a file that is missing or of another
+    dimension, before anything is read in full or written."""
+    if model.embed_init.value != "pretrained" or model.vectors is None:
+        return None
+    return vectors_file(base_dir / Path(model.vectors).expanduser(), model.embed_dim)
 
 
 def split_options(data) -> SplitOptions:
@@ -109,10 +119,28 @@ def architecture(model: ModelConfig, topology: TopologyConfig, batching: Batchin
 
 
 def build_model(model: ModelConfig, topology: TopologyConfig, batching: BatchingConfig, *, vocab_size: int,
-                num_classes: int, embedding_grad: str, compiled_rnn: bool) -> TextClassifier:
+                num_classes: int, embedding_grad: str, compiled_rnn: bool,
+                vectors: PretrainedVectors | None = None) -> TextClassifier:
+    """The network, initialised; `vectors`: the pretrained rows, copied over the usual init (the
+    architecture itself never needs them: a saved model's weights carry the rows)."""
     shape = architecture(model, topology, batching, vocab_size=vocab_size, num_classes=num_classes)
-    return TextClassifier(shape.pop("vocab_size"), shape.pop("num_classes"), **shape,
-                          sparse_embedding=embedding_grad != "dense", compiled_rnn=compiled_rnn)
+    net = TextClassifier(shape.pop("vocab_size"), shape.pop("num_classes"), **shape,
+                         sparse_embedding=embedding_grad != "dense", compiled_rnn=compiled_rnn)
+    if vectors is not None:
+        copy_vectors(net.embedding.weight, vectors)
+    if model.freeze_embedding:
+        # No gradient at all: fast.make_optimizer leaves the table out of every optimizer.
+        net.embedding.weight.requires_grad_(False)
+    return net
+
+
+def copy_vectors(table: torch.Tensor, vectors: PretrainedVectors) -> None:
+    """Overwrite the rows `vectors` found; the others (and <pad>, <unk>) keep their init."""
+    if tuple(vectors.matrix.shape) != tuple(table.shape):
+        raise ValueError(f"the vectors are {tuple(vectors.matrix.shape)}, the embedding {tuple(table.shape)}")
+    rows = np.flatnonzero(vectors.found)
+    with torch.no_grad():
+        table[torch.from_numpy(rows)] = torch.from_numpy(np.asarray(vectors.matrix[rows])).to(table.dtype)
 
 
 def build_optimizer(optimizer, model: torch.nn.Module, embedding_grad: str) -> torch.optim.Optimizer:

@@ -48,8 +48,9 @@ Arch = _choices("Arch", "bow rnn lstm gru")
 # seed_mean: the lesson's RNN, the mean over all positions, padding included; seed_hlast: the
 # lesson's LSTM, h_n[-1], whatever it read last.
 Pooling = _choices("Pooling", "last mean max attention seed_mean seed_hlast")
-# default: torch's N(0, 1); shifted_normal: the lesson's LSTM, N(0, 1) - 0.5.
-EmbedInit = _choices("EmbedInit", "default shifted_normal")
+# default: torch's N(0, 1); shifted_normal: the lesson's LSTM, N(0, 1) - 0.5; pretrained: default,
+# then the rows of the vocabulary's words found in model.vectors (a word2vec/GloVe/fastText text file).
+EmbedInit = _choices("EmbedInit", "default shifted_normal pretrained")
 BatchMode = _choices("BatchMode", "padded packed")
 OptimizerName = _choices("OptimizerName", "adam adamw sgd sparse_adam")
 # How the embedding's gradient reaches Adam. auto: deferred on the CPU (scattered for Adam with L2
@@ -67,6 +68,10 @@ Progress = _choices("Progress", "auto on off")  # auto: a bar only when stderr i
 LoggerBackend = _choices("LoggerBackend", "wandb none")
 # auto: WANDB_MODE if set, else online with an API key, else offline.
 WandbMode = _choices("WandbMode", "auto online offline disabled")
+# last: the test metrics of the last epoch trained; best_val: those of the epoch with the best
+# validation accuracy (its weights are the run's model).
+Select = _choices("Select", "last best_val")
+SchedulerName = _choices("SchedulerName", "constant cosine linear_warmup plateau")
 
 
 # Bounds beyond which a value fails (or hangs) at run time rather than trains.
@@ -84,6 +89,10 @@ class ModelConfig:
     hidden_dim: int
     pooling: Pooling
     embed_init: EmbedInit
+    # Pretrained word vectors (embed_init=pretrained): a text file of "word v1 v2 ...", optionally
+    # gzipped; relative paths are taken from the directory rnnsweep runs in.
+    vectors: Optional[str]
+    freeze_embedding: bool  # the embedding table is not trained (requires_grad=False)
 
 
 @dataclass
@@ -221,6 +230,45 @@ class TrainConfig:
     eval_batch_size: int
     grad_clip: Optional[float]
     epoch_size: Optional[int]  # at most this many training examples per epoch (the lesson's epoch_size)
+    select: Select  # which epoch's model and test metrics are the run's
+    patience: Optional[int]  # stop after this many epochs without a better validation accuracy; null: never
+
+
+@dataclass
+class ConstantScheduleConfig:
+    """The optimizer's learning rate throughout."""
+
+    name: SchedulerName
+
+
+@dataclass
+class CosineScheduleConfig:
+    """torch's CosineAnnealingLR over every optimizer step of the run (T_max = epochs x steps)."""
+
+    name: SchedulerName
+    eta_min: float  # the learning rate at the last step
+
+
+@dataclass
+class LinearWarmupScheduleConfig:
+    """torch's SequentialLR of two LinearLRs, stepped per optimizer step: from start_factor x lr
+    up to lr over warmup_steps, then linearly to end_factor x lr at the run's last step."""
+
+    name: SchedulerName
+    warmup_steps: int
+    start_factor: float
+    end_factor: float  # 1.0: constant after the warm-up
+
+
+@dataclass
+class PlateauScheduleConfig:
+    """torch's ReduceLROnPlateau on the validation accuracy, stepped after each epoch."""
+
+    name: SchedulerName
+    factor: float  # the learning rate is multiplied by this ...
+    patience: int  # ... after this many epochs without improvement
+    threshold: float  # relative improvement that counts
+    min_lr: float
 
 
 @dataclass
@@ -267,6 +315,7 @@ class RootConfig:
     # `name` selects (OPTIMIZERS, DATA_SOURCES) by `validate`.
     optimizer: Any
     data: Any
+    scheduler: Any
     tokenizer: TokenizerConfig
     train: TrainConfig
     runtime: RuntimeConfig
@@ -282,6 +331,12 @@ DATA_SOURCES = {
     "ag_news": AgNewsDataConfig,
     "csv": TableDataConfig,
     "hf": HfDataConfig,
+}
+SCHEDULERS = {
+    "constant": ConstantScheduleConfig,
+    "cosine": CosineScheduleConfig,
+    "linear_warmup": LinearWarmupScheduleConfig,
+    "plateau": PlateauScheduleConfig,
 }
 
 
@@ -333,7 +388,7 @@ def _reject_unknown_keys(node: DictConfig, schema: type, prefix: str) -> None:
 def _schema_keys(schema: type = RootConfig, prefix: str = "") -> tuple[list[str], dict[str, type | None]]:
     """The schema's dotted leaf keys, and its sections with their dataclass (None for optimizer and
     data, whose keys depend on the option chosen; their leaves are those of every option)."""
-    unions = {"optimizer": OPTIMIZERS, "data": DATA_SOURCES} if schema is RootConfig else {}
+    unions = {"optimizer": OPTIMIZERS, "data": DATA_SOURCES, "scheduler": SCHEDULERS} if schema is RootConfig else {}
     leaves: list[str] = []
     sections: dict[str, type | None] = {}
     for name, hint in typing.get_type_hints(schema).items():
@@ -354,7 +409,7 @@ def fixed_choices() -> str:
     lines = {}
 
     def walk(schema: type, prefix: str) -> None:
-        unions = {"optimizer": OPTIMIZERS, "data": DATA_SOURCES} if schema is RootConfig else {}
+        unions = {"optimizer": OPTIMIZERS, "data": DATA_SOURCES, "scheduler": SCHEDULERS} if schema is RootConfig else {}
         for name, hint in typing.get_type_hints(schema).items():
             options = list(unions[name].values()) if name in unions else [hint] if dataclasses.is_dataclass(hint) else []
             for option in options:
@@ -389,6 +444,32 @@ def _require(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{key}={shown}: {expected}")
 
 
+def _check_schedule(s: Any) -> None:
+    if isinstance(s, CosineScheduleConfig):
+        _require(0 <= s.eta_min < math.inf, "scheduler.eta_min", s.eta_min, "must be a number >= 0")
+    if isinstance(s, LinearWarmupScheduleConfig):
+        _require(s.warmup_steps >= 1, "scheduler.warmup_steps", s.warmup_steps, "must be at least 1 step")
+        _require(0 < s.start_factor <= 1, "scheduler.start_factor", s.start_factor, "must be in (0, 1]")
+        _require(0 <= s.end_factor <= 1, "scheduler.end_factor", s.end_factor, "must be in [0, 1]")
+    if isinstance(s, PlateauScheduleConfig):
+        _require(0 < s.factor < 1, "scheduler.factor", s.factor, "must be in (0, 1)")
+        _require(s.patience >= 0, "scheduler.patience", s.patience, "must be 0 epochs or more")
+        _require(0 <= s.threshold < math.inf, "scheduler.threshold", s.threshold, "must be a number >= 0")
+        _require(0 <= s.min_lr < math.inf, "scheduler.min_lr", s.min_lr, "must be a number >= 0")
+
+
+def _validate_vectors(m: ModelConfig) -> None:
+    """model.vectors is read by embed_init=pretrained and by nothing else: either alone would
+    silently train something else than asked."""
+    if m.embed_init is EmbedInit.pretrained:
+        _require(m.vectors is not None, "model.embed_init", m.embed_init,
+                 "needs model.vectors=PATH (a word2vec, GloVe or fastText text file, optionally .gz)")
+        _require(m.vectors.strip() != "", "model.vectors", "''", "must name a file of word vectors")
+    elif m.vectors is not None:
+        _require(False, "model.vectors", m.vectors, "is only read with model.embed_init=pretrained: add "
+                 "model.embed_init=pretrained (or drop model.vectors)")
+
+
 def validate(cfg: DictConfig) -> RootConfig:
     """Range and cross-field checks; returns the config as plain dataclasses."""
     _reject_unknown_keys(cfg, RootConfig, "")
@@ -401,6 +482,7 @@ def validate(cfg: DictConfig) -> RootConfig:
         raise ConfigError(f"{key}: {str(ex).splitlines()[0]}" if key else str(ex).splitlines()[0]) from ex
     root.optimizer = _typed_option(cfg.optimizer, "optimizer", OPTIMIZERS)
     root.data = _typed_option(cfg.data, "data", DATA_SOURCES)
+    root.scheduler = _typed_option(cfg.scheduler, "scheduler", SCHEDULERS)
     m, t, tr, d, o = root.model, root.topology, root.train, root.data, root.optimizer
 
     _require(m.embed_dim >= 1, "model.embed_dim", m.embed_dim, "must be at least 1")
@@ -414,6 +496,9 @@ def validate(cfg: DictConfig) -> RootConfig:
         "acts between recurrent layers; it needs topology.num_layers >= 2 (or set it to 0)",
     )
     _require(tr.epochs >= 1, "train.epochs", tr.epochs, "must be at least 1")
+    if tr.patience is not None:
+        _require(tr.patience >= 1, "train.patience", tr.patience, "must be at least 1 epoch, or null for no early stop")
+    _check_schedule(root.scheduler)
     if tr.epoch_size is not None:
         _require(tr.epoch_size >= 1, "train.epoch_size", tr.epoch_size, "must be at least 1, or null for all")
     _require(
@@ -494,6 +579,7 @@ def validate(cfg: DictConfig) -> RootConfig:
         "basic_english always lowercases (torchtext's rules); use tokenizer=wordpiece or bpe to keep case",
     )
 
+    _validate_vectors(m)
     if m.pooling in SEED_POOLINGS and t.bidirectional:
         raise ConfigError(
             f"model.pooling={m.pooling.value}, topology.bidirectional=true: the lesson's poolings read one "

@@ -97,8 +97,11 @@ class TextClassifier(nn.Module):
         if embed_init == "shifted_normal":
             with torch.no_grad():  # the lesson's LSTM: randn - 0.5, padding row included
                 self.embedding.weight.copy_(torch.randn_like(self.embedding.weight) - 0.5)
-        elif embed_init != "default":
-            raise ValueError(f"embed_init must be default or shifted_normal, not {embed_init!r}")
+        elif embed_init not in ("default", "pretrained"):
+            # pretrained: initialised as default here; builders.build_model copies the vectors in.
+            # A saved model rebuilt from its architecture gets its rows from its weights instead,
+            # so it needs no vectors file.
+            raise ValueError(f"embed_init must be default, shifted_normal or pretrained, not {embed_init!r}")
         if arch == "bow":
             self.rnn = None
             features = embed_dim

@@ -31,11 +31,12 @@ import torch
 from filelock import Timeout
 
 from . import __version__, builders, checkpoint, export, fast, store, tracking
-from .config import LoggerBackend, Progress, RootConfig, to_plain
-from .data import DataError, Splits, batches, data_fingerprint, prepare
+from . import schedule as lr_schedule
+from .config import LoggerBackend, Progress, RootConfig, Select, to_plain
+from .data import DataError, PretrainedVectors, Splits, batches, data_fingerprint, load_vectors, prepare
 from .model import count_parameters
 from .sweep import write_job_file
-from .train import Diverged, evaluate, fit
+from .loop import Diverged, best_epoch, evaluate, fit
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,9 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
     split = builders.split_options(settings.data)
     try:
         fingerprint = data_fingerprint(source, split)
+        # Pretrained vectors: their content is part of the identity (the path alone is not), and a
+        # missing file or one of another dimension fails here, before the data cache is built.
+        vectors_file = builders.pretrained_vectors(settings.model, job.base_dir)
     except DataError as ex:  # e.g. a data file that does not exist: nothing to identify, nothing to run
         return bad_input(ex)
     # runtime.threads=0: the launcher's share, else every core this process may use; with the
@@ -159,7 +163,8 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
     govern = settings.runtime.threads == 0
     if govern:
         settings.runtime.threads = job.threads or torch.get_num_threads()
-    identity = store.run_identity(to_plain(settings), fingerprint)
+    identity = store.run_identity(to_plain(settings), fingerprint,
+                                  vectors=vectors_file.digest if vectors_file is not None else None)
     entry = store.Entry(store_root / identity.run_id)
     status = entry.status()
     action = store.decide(status, settings.ledger.force, entry.checkpoint_path.is_file())
@@ -177,6 +182,9 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
         # Bad input fails here, before the run has a record in the store; the cache makes this
         # a load of memory-mapped arrays for every job but the first.
         data = prepare(source, split, builders.tokenizer_options(settings.tokenizer), cache_root, progress=progress)
+        # Read once per cache entry (then memory-mapped); a malformed line fails here, before the
+        # run has a record.
+        vectors = load_vectors(vectors_file, data) if vectors_file is not None else None
     except DataError as ex:
         return bad_input(ex, **common)
     except OSError as ex:  # the cache's entry had to be built, and its directory cannot be written
@@ -208,7 +216,8 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
             try:
                 tag = store.store_tag(store_root)
                 record = train(settings, job, entry.dir, identity=identity, attempt=attempt,
-                               resume=action == "resume", data=data, progress=progress, govern_threads=govern,
+                               resume=action == "resume", data=data, vectors=vectors, progress=progress,
+                               govern_threads=govern,
                                wandb_id=f"{identity.run_id}-{tag}" + (f"-{attempt}" if attempt > 1 else ""))
             except RunFailed as ex:
                 result = finish(entry.record(), outcome="failed", status="failed", error=str(ex), **common)
@@ -290,9 +299,11 @@ def _open_tracker(settings: RootConfig, job: Job, out_dir: Path, identity: store
 
 def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: store.Identity | None = None,
           attempt: int = 1, resume: bool = False, data: Splits | None = None,
+          vectors: PretrainedVectors | None = None,
           progress: bool | None = None, wandb_id: str | None = None, govern_threads: bool = False) -> dict[str, Any]:
     """Train and test one configuration in `out_dir` (resuming from its checkpoint if `resume`);
     returns the result record it wrote there. `data`: the encoded splits, if the caller has them.
+    `vectors`: model.embed_init=pretrained's rows for `data`'s vocabulary, if the caller has them.
     `wandb_id`: the W&B run to log to (a resumed run continues its own; run_job names it after the
     identity, the store and the attempt); by default the identity's run id. `govern_threads`: on
     the CPU with the compiled layers, train on runtime.threads or on one thread, whichever is
@@ -326,6 +337,7 @@ def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: sto
         "resumed_from_epoch": None,
         "wandb": None,
         "model": None,
+        "selection": None,  # which epoch is the run's model (train.select), and whether train.patience stopped it
         "error": None,
         "started_at": started,
         "finished_at": None,
@@ -354,20 +366,37 @@ def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: sto
             "tokens": meta.get("tokens", {}),
             "cache": str(data.directory),
         }
+        if vectors is None and cfg.model.embed_init.value == "pretrained":
+            vectors = load_vectors(builders.pretrained_vectors(cfg.model, job.base_dir), data)
+        if vectors is not None:
+            record["data"]["vectors"] = vectors.info  # the file and its coverage of the vocabulary
         grad = builders.embedding_grad(cfg.optimizer, device)  # decided once: the model and optimizer agree
 
         def build():
             model = builders.build_model(cfg.model, cfg.topology, cfg.batching, vocab_size=data.vocab_size,
                                          num_classes=data.num_classes, embedding_grad=grad,
-                                         compiled_rnn=cfg.runtime.compiled_rnn).to(device)
+                                         compiled_rnn=cfg.runtime.compiled_rnn, vectors=vectors).to(device)
             return model, builders.build_optimizer(cfg.optimizer, model, grad)
 
+        tr = cfg.train
+        steps_per_epoch = batches.num_batches(data.train, tr.batch_size, tr.epoch_size)
         model, optimizer = build()
+        schedule = lr_schedule.build(cfg.scheduler, optimizer, total_steps=tr.epochs * steps_per_epoch)
         ckpt_path = out_dir / store.CHECKPOINT
-        state = checkpoint.load(ckpt_path, model, optimizer) if resume else None
-        if state is None and resume:  # unreadable: start clean, exactly as a fresh run would
+        resumed = checkpoint.load(ckpt_path, model, optimizer, schedule) if resume else None
+        if resumed is None and resume:  # unreadable: start clean, exactly as a fresh run would
             seed_everything(cfg.seed)
             model, optimizer = build()
+            schedule = lr_schedule.build(cfg.scheduler, optimizer, total_steps=tr.epochs * steps_per_epoch)
+        state = resumed.state if resumed is not None else None
+        keep_best = tr.select is Select.best_val
+        best = {"model": resumed.best_model if resumed is not None else None}  # the best epoch's weights
+
+        def end_of_epoch(st) -> None:
+            if keep_best and best_epoch(st.history) == st.epoch:
+                best["model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            checkpoint.save(ckpt_path, model, optimizer, st, schedule=schedule, best_model=best["model"])
+
         if state is not None:
             record["resumed_from_epoch"] = state.epoch
             log.info("resuming %s from its epoch-%d checkpoint", out_dir, state.epoch)
@@ -379,7 +408,6 @@ def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: sto
         if tracker.run_id is not None:
             record["wandb"] = {"id": tracker.run_id, "mode": tracker.mode, "dir": str(out_dir / "wandb")}
 
-        tr = cfg.train
         shuffle = torch.Generator()
         governor = (fast.ThreadGovernor(cfg.runtime.threads) if govern_threads and device.type == "cpu"
                     and cfg.runtime.compiled_rnn and cfg.runtime.threads > 1 else None)
@@ -407,7 +435,7 @@ def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: sto
                 train_batches,
                 eval_batches(data.val),
                 epochs=tr.epochs,
-                steps_per_epoch=batches.num_batches(data.train, tr.batch_size, tr.epoch_size),
+                steps_per_epoch=steps_per_epoch,
                 num_classes=data.num_classes,
                 device=device,
                 grad_clip=tr.grad_clip,
@@ -415,9 +443,11 @@ def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: sto
                 callbacks=[tracker],
                 progress=progress,
                 state=state,
-                on_epoch_end=lambda st: checkpoint.save(ckpt_path, model, optimizer, st),
+                on_epoch_end=end_of_epoch,
                 pending_work=fast.pending_work(optimizer),
                 amp=cfg.runtime.amp,
+                schedule=schedule,
+                patience=tr.patience,
             )
         except Diverged as ex:
             record["status"] = "diverged"
@@ -425,8 +455,14 @@ def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: sto
             record["history"] = ex.history
             log.warning("run diverged: %s", ex)
         else:
+            # The run's model: the last epoch's, or (best_val) the best epoch's weights.
+            chosen = best_epoch(result.history) if keep_best else result.epoch
+            if chosen != result.epoch:
+                model.load_state_dict(best["model"])
+            record["selection"] = {"rule": tr.select.value, "epoch": chosen, "epochs_trained": result.epoch,
+                                   "stopped_early": result.stopped_early}
             test = evaluate(model, eval_batches(data.test)(), data.num_classes, device, cfg.runtime.amp)
-            last = result.history[-1]
+            last = result.history[chosen - 1]
             record["history"] = result.history
             record["metrics"].update(
                 {

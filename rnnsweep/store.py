@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 # layers and torch's round differently), and, for torch's own layers, the thread count (see
 # run_identity).
 NON_RESULT_KEYS = ("logger", "runtime.threads", "runtime.progress", "runtime.cache_dir", "ledger")
+# Keys added after runs were stored, with the value at which a run computes what it computed
+# before the key existed: at that value the key is left out of the identity, so those runs keep
+# their ids (and the store still skips them).
+LATER_KEYS: dict[str, Any] = {"model.vectors": None, "model.freeze_embedding": False, "train.select": "last",
+                              "train.patience": None, "scheduler": {"name": "constant"}}
 
 RECORD = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
@@ -48,7 +53,7 @@ LOCK = ".lock"
 # names, report columns).
 CHOICE_ORDER = ("experiment", "lesson", "data", "model", "batching", "topology", "optimizer")
 # Groups whose choice changes what a run computes: a run's W&B tags (not launcher, logger, search).
-RESULT_GROUPS = (*CHOICE_ORDER, "tokenizer")
+RESULT_GROUPS = (*CHOICE_ORDER, "scheduler", "tokenizer")
 STORE_FILE = "store.json"
 
 
@@ -104,14 +109,29 @@ class Identity:
     group_id: str
 
 
-def run_identity(config: dict[str, Any], data_fingerprint: str) -> Identity:
-    """`config`: the plain resolved config, its runtime.threads the number the run trains on."""
-    core = _without(config, NON_RESULT_KEYS)
+def _as_before(config: dict[str, Any], dotted: str, before: Any) -> bool:
+    """Whether the LATER_KEYS key `dotted` is absent from `config` or holds its earlier value."""
+    value: Any = config
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return True
+        value = value[key]
+    return value == before
+
+
+def run_identity(config: dict[str, Any], data_fingerprint: str, *, vectors: str | None = None) -> Identity:
+    """`config`: the plain resolved config, its runtime.threads the number the run trains on.
+    `vectors`: the digest of the pretrained word vectors' file (model.vectors), whose content the
+    path in the config does not pin down; None (no vectors) adds nothing."""
+    unchanged = tuple(k for k, before in LATER_KEYS.items() if _as_before(config, k, before))
+    core = _without(config, NON_RESULT_KEYS + unchanged)
     if not config["runtime"]["compiled_rnn"]:
         # torch's own layers (and its reductions) split their sums by thread: another thread
         # count, other roundings, another result.
         core["runtime"]["threads"] = config["runtime"]["threads"]
     payload = {"config": core, "data": data_fingerprint, "rnnsweep": __version__}
+    if vectors is not None:
+        payload["vectors"] = vectors
     group_payload = {**payload, "config": _without(core, ("seed",))}
     return Identity(digest(payload), digest(group_payload))
 

@@ -150,7 +150,7 @@ def test_invalid_values_fail_validation_naming_the_key(compose_cfg, overrides, m
         ("lr", "did you mean optimizer.lr? (the config has: seed, model,"),
         ("data.val_frac", "did you mean data.val_fraction? (data's keys depend on the data chosen"),
         ("optimizer.betas2", "did you mean optimizer.betas?"),
-        ("model.colour", "(model has: arch, embed_dim, hidden_dim, pooling, embed_init)"),
+        ("model.colour", "(model has: arch, embed_dim, hidden_dim, pooling, embed_init, vectors, freeze_embedding)"),
     ],
 )
 def test_unknown_keys_get_the_nearest_known_keys(key, hint):

@@ -126,6 +126,23 @@ def test_a_changed_learning_rate_applies_from_the_next_step_as_in_dense_adam():
     assert (emb.state_dict()["weight"].double() - truth).abs().max() <= 2 * torch_error.max()
 
 
+@pytest.mark.parametrize("decoupled,wd", [(False, 0.0), (True, 0.05)], ids=["adam", "adamw"])
+def test_a_rate_that_changes_every_step_is_replayed_at_each_steps_own_rate(decoupled, wd):
+    """A cosine schedule sets a new rate every step: a row's missed steps are replayed each at the
+    rate it had (and AdamW's decay with it), as dense Adam applied them, without a flush per step."""
+    import math
+
+    def lr_at(step):
+        return 1e-3 + 0.5 * (1e-2 - 1e-3) * (1 + math.cos(math.pi * step / 600))
+    truth = dense_adam(decoupled, wd, 600, torch.float64, lr_at=lr_at)
+    torch_error = (dense_adam(decoupled, wd, 600, torch.float32, lr_at=lr_at, foreach=False).double() - truth).abs()
+    emb, opt = deferred_adam(decoupled, wd, 600, lr_at=lr_at)
+    assert (opt.current[0] < 600).sum() > V // 2  # most rows were not brought up to date along the way
+    our_error = (emb.state_dict()["weight"].double() - truth).abs()
+    assert our_error.max() <= 1.1 * torch_error.max()
+    assert our_error.mean() <= 1.1 * torch_error.mean()
+
+
 def test_rows_a_batch_skips_still_move_and_are_current_when_read():
     data = split_vocab_texts()  # batch 1 uses tokens 2-19, later batches 30-49
     dense, deferred = model(), model(sparse=True)

@@ -19,7 +19,7 @@ from rnnsweep.data import EncodedTexts
 from rnnsweep.data.batches import batch_rows, collate, num_batches
 from rnnsweep.model import TextClassifier
 from rnnsweep.fast.optimizers import DenseAdam, LazyAdam, RowAdam, ScatteredGrad, make_optimizer
-from rnnsweep.train import clip_grad_norm
+from rnnsweep.loop import clip_grad_norm
 
 
 def texts(n: int = 1000, seed: int = 0) -> EncodedTexts:

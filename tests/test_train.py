@@ -10,7 +10,7 @@ import torch
 from conftest import TINY
 from rnnsweep import config, run
 from rnnsweep.data.batches import Batch
-from rnnsweep.train import fit, macro_f1
+from rnnsweep.loop import fit, macro_f1
 
 TIMING = {"wall_s", "train/examples_per_s", "train/seconds"}
 
@@ -149,7 +149,7 @@ def test_a_completed_run_leaves_a_model_that_loads_without_pickle_and_scores_the
     from rnnsweep import builders
     from rnnsweep.data import batches, prepare
     from rnnsweep.model import TextClassifier
-    from rnnsweep.train import evaluate
+    from rnnsweep.loop import evaluate
 
     settings = config.validate(compose_cfg([*TINY, "model=gru", "train.epochs=2", "topology=bi"]))
     record = run.train(settings, None, tmp_path)

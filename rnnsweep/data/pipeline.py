@@ -171,6 +171,14 @@ def _split_rows(raw: RawData, split: SplitOptions) -> tuple[list[str], dict[str,
     return texts, positions, all_labels
 
 
+def split_texts(raw: RawData, split: SplitOptions) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Each split's texts and class indices, in the order the cache entry stores that split: the
+    rows `prepare` encodes, for a caller that needs the texts themselves (scoring a trained model
+    on its own test split). Splitting stays `_split_rows`'s alone."""
+    texts, positions, labels = _split_rows(raw, split)
+    return {name: ([texts[i] for i in pos], labels[pos]) for name, pos in positions.items()}
+
+
 def build_entry(raw: RawData, split: SplitOptions, tok: TokenizerOptions, directory: Path, *, fingerprint: str,
                 progress: bool = False) -> None:
     """Encode `raw` and write the cache entry at `directory` (atomically: temp dir + rename)."""

@@ -183,6 +183,18 @@ def subword_vocabulary(
     tok.train_from_iterator((texts[i] for i in fit_rows), trainer=trainer, length=len(fit_rows))
     if (tok.token_to_id(PAD), tok.token_to_id(UNK)) != (PAD_ID, UNK_ID):
         raise RuntimeError("the subword trainer did not give <pad> and <unk> the ids 0 and 1")
+    ids, offsets = _subword_ids(tok, texts, progress)
+
+    def save(directory: Path) -> None:
+        tok.save(str(directory / "tokenizer.json"))
+
+    return Encoded(ids, offsets, tok.get_vocab_size(), save)
+
+
+def _subword_ids(tok, texts: Sequence[str], progress: Callable[[int], None] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(flat ids, offsets) of `texts` under a trained subword tokenizer: the training split's
+    encoding and a saved model's encoding of new text are this one function."""
     chunks, lengths = [], []
     for start in range(0, len(texts), _CHUNK):
         batch = tok.encode_batch(list(texts[start : start + _CHUNK]), add_special_tokens=False)
@@ -192,12 +204,7 @@ def subword_vocabulary(
         if progress:
             progress(len(batch))
     ids = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
-    ids, offsets = _ensure_one_step(ids, np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64))
-
-    def save(directory: Path) -> None:
-        tok.save(str(directory / "tokenizer.json"))
-
-    return Encoded(ids, offsets, tok.get_vocab_size(), save)
+    return _ensure_one_step(ids, np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64))
 
 
 def encode(
@@ -215,3 +222,33 @@ def encode(
     return subword_vocabulary(
         name, texts, fit_rows, min_freq=min_freq, max_vocab=max_vocab or 30_000, lowercase=lowercase, progress=progress
     )
+
+
+def load_encoder(directory: Path, name: str) -> Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]:
+    """The vocabulary `Encoded.save` wrote into `directory`, as a function from new texts to
+    (flat int32 ids, int64 offsets): exactly the ids `encode` gave the same texts when it learnt
+    it. Words it never kept are <unk>; a text that tokenizes to nothing is one <unk>, as in training."""
+    if name == "basic_english":
+        vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+        # Ids 0 and 1 are reserved: a text's own word "<pad>" or "<unk>" is a word like any other,
+        # ranked (id >= 2) if it was kept, else <unk> like every word that was cut.
+        index = {word: i for i, word in enumerate(vocab[2:], start=2)}
+
+        def encode_words(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+            chunks, lengths = [], []
+            for start in range(0, len(texts), _CHUNK):
+                rows = _basic_english_rows(texts[start : start + _CHUNK])
+                lengths.append(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)))
+                tokens = itertools.chain.from_iterable(rows)
+                chunks.append(np.fromiter((index.get(t, UNK_ID) for t in tokens), dtype=np.int32,
+                                          count=int(lengths[-1].sum())))
+            ids = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
+            return _ensure_one_step(ids, np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64))
+
+        return encode_words
+    if name in ("wordpiece", "bpe"):
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        return lambda texts: _subword_ids(tok, texts)
+    raise ValueError(f"unknown tokenizer {name!r} (expected one of {', '.join(TOKENIZERS)})")

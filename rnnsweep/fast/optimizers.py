@@ -283,6 +283,9 @@ class ScatteredGrad(FastOptimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.inner.load_state_dict(state_dict)
+        # torch's load_state_dict replaces the inner optimizer's groups: a schedule holding this
+        # optimizer must set the rate the inner one reads.
+        self.param_groups = self.inner.param_groups
 
 
 class DeferredAdam(AdamMoments):
@@ -314,8 +317,10 @@ class DeferredAdam(AdamMoments):
         # Per row: the step whose update it already has.
         self.current = [np.zeros(w.shape[0], dtype=np.int64) for w in self.weights]
         self._slots = [np.full(w.shape[0], -1, dtype=np.int64) for w in self.weights]
-        self._lr = lr
         self._bc1, self._bc2_sqrt = bias_corrections(b1, b2, 1024)
+        # Per step number (index s; 0 unused): the learning rate step s used. A schedule may
+        # change it every step; a row's missed steps are replayed at the rates they had.
+        self._lrs = np.zeros(len(self._bc1))
         for i, emb in enumerate(embeddings):
             # The newest optimizer owns the table: hooks an earlier one left behind do nothing.
             emb._deferred_adam = self
@@ -325,17 +330,16 @@ class DeferredAdam(AdamMoments):
     def _scalars(self) -> tuple:
         g = self.sparse_group
         b1, b2 = g["betas"]
-        decay = 1.0 - self._lr * g["weight_decay"]
-        if len(self._bc1) <= self.step_count:  # the bias corrections up to this step, and as many again
-            self._bc1, self._bc2_sqrt = bias_corrections(b1, b2, max(2 * len(self._bc1), self.step_count + 1))
         # The early stop relies on updates that shrink from step to step: true when beta1 < sqrt(beta2).
-        return self._lr, self._bc1, self._bc2_sqrt, b1, b2, g["eps"], decay, b1 < math.sqrt(b2)
+        return self._lrs, self._bc1, self._bc2_sqrt, b1, b2, g["eps"], g["weight_decay"], b1 < math.sqrt(b2)
 
-    def _sync_lr(self) -> None:
-        """A changed learning rate applies from the next step on: replay the missed ones at the old rate first."""
-        if self.sparse_group["lr"] != self._lr:
-            self.flush()
-            self._lr = self.sparse_group["lr"]
+    def _record_lr(self) -> None:
+        """Note the rate of step `step_count` (growing the per-step tables, as many again, when full)."""
+        if len(self._bc1) <= self.step_count:
+            b1, b2 = self.sparse_group["betas"]
+            self._bc1, self._bc2_sqrt = bias_corrections(b1, b2, max(2 * len(self._bc1), self.step_count + 1))
+            self._lrs = np.concatenate([self._lrs, np.zeros(len(self._bc1) - len(self._lrs))])
+        self._lrs[self.step_count] = self.sparse_group["lr"]
 
     def _arrays(self, i: int) -> tuple:
         return self.weights[i].detach().numpy(), self.exp_avg[i].numpy(), self.exp_avg_sq[i].numpy(), self.current[i]
@@ -343,7 +347,6 @@ class DeferredAdam(AdamMoments):
     def _lookup_hook(self, i: int):
         def hook(module, args):
             if self.step_count and module._deferred_adam is self:
-                self._sync_lr()
                 ids = args[0].detach().reshape(-1).numpy()
                 catch_up(*self._arrays(i), ids, self.step_count, *self._scalars())
         return hook
@@ -362,8 +365,8 @@ class DeferredAdam(AdamMoments):
 
     @torch.no_grad()
     def step(self, closure=None):
-        self._sync_lr()
         self.step_count += 1
+        self._record_lr()
         for i, w in enumerate(self.weights):
             if w.grad is None:
                 continue
@@ -406,8 +409,13 @@ def warm_up(lazy: bool) -> None:
         opt.flush()
 
 
-def _sparse_embeddings(model: torch.nn.Module) -> list[torch.nn.Embedding]:
-    return [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
+def _sparse_embeddings(model: torch.nn.Module, *, frozen: bool = False) -> list[torch.nn.Embedding]:
+    """The sparse-gradient embeddings that train; `frozen`: those too that do not.
+
+    A frozen table (requires_grad=False) is in no optimizer: it has no gradient, and deferred
+    Adam's catch-up would still move it (AdamW's decay of the rows a batch reads)."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse
+            and (frozen or m.weight.requires_grad)]
 
 
 def _sparse_embedding_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -440,8 +448,9 @@ def make_optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay
         )
     if name == "sparse_adam":
         sparse = _sparse_embedding_params(model)
-        if not sparse:
+        if not _sparse_embeddings(model, frozen=True):
             raise ValueError("optimizer=sparse_adam needs a model built with sparse embedding gradients")
+        # A frozen table leaves lazy Adam no rows: the rest trains with its dense Adam as ever.
         ids = {id(p) for p in sparse}
         return LazyAdam(sparse, [p for p in params if id(p) not in ids], lr=lr, betas=kw["betas"], eps=kw["eps"])
     raise ValueError(f"unknown optimizer {name!r}")

@@ -60,19 +60,21 @@ def _lerp(start, end, weight, rest):
 
 
 @_jit
-def _replay(p, m, v, r, first, last, lr, bc1, bc2s, b1, b2, eps, decay, may_stop):
-    """Zero-gradient Adam steps `first`..`last` (1-based step numbers) on row `r`.
+def _replay(p, m, v, r, first, last, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop):
+    """Zero-gradient Adam steps `first`..`last` (1-based step numbers) on row `r`; `lrs[s]` is the
+    learning rate step s used (a schedule may change it every step), `wd` AdamW's weight decay.
 
     Element arithmetic in float32, in the order of torch's single-tensor float32 Adam
     (torch.optim.Adam(foreach=False)); per-step scalars in float64, rounded once."""
     pr, mr, vr = p[r], m[r], v[r]
-    b2f, epsf, decayf = np.float32(b2), np.float32(eps), np.float32(decay)
+    b2f, epsf = np.float32(b2), np.float32(eps)
     gain1 = np.float32(1.0 - b1)
     rest1 = np.float32(1.0) - gain1
     zero = np.float32(0.0)
     s = first
     while s <= last:
-        step_size = np.float32(lr / bc1[s])
+        step_size = np.float32(lrs[s] / bc1[s])
+        decayf = np.float32(1.0 - lrs[s] * wd)
         bc2_sqrt = bc2s[s]
         # Counting costs as much as the step itself, so only the first step and every
         # _CHECK_EVERY-th after it count (the first: rows that never had a gradient, or whose
@@ -96,7 +98,7 @@ def _replay(p, m, v, r, first, last, lr, bc1, bc2s, b1, b2, eps, decay, may_stop
             # Powers of the float32 factors that each skipped step would have multiplied by.
             fm = np.float32((1.0 - np.float64(gain1)) ** rest)
             fv = np.float32(np.float64(b2f) ** rest)
-            fp = np.float32(np.float64(decayf) ** rest)
+            fp = _decay_over(lrs, wd, s, last)
             for e in range(pr.shape[0]):
                 mr[e] = mr[e] * fm
                 vr[e] = vr[e] * fv
@@ -104,8 +106,24 @@ def _replay(p, m, v, r, first, last, lr, bc1, bc2s, b1, b2, eps, decay, may_stop
             return
 
 
+@_inline
+def _decay_over(lrs, wd, first, last):
+    """AdamW's decay of the weight over steps first..last, as one float32 factor: the power of
+    the step's factor while the rate is constant, else their product."""
+    decayf = np.float32(1.0 - lrs[first] * wd)
+    constant = True
+    product = np.float64(1.0)
+    for s in range(first, last + 1):
+        f = np.float32(1.0 - lrs[s] * wd)
+        constant = constant and f == decayf
+        product *= np.float64(f)
+    if constant:
+        return np.float32(np.float64(decayf) ** (last - first + 1))
+    return np.float32(product)
+
+
 @_parallel
-def catch_up(p, m, v, current, ids, step, lr, bc1, bc2s, b1, b2, eps, decay, may_stop):
+def catch_up(p, m, v, current, ids, step, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop):
     """Bring every row named in `ids` (repeats allowed) up to `step`."""
     stale = np.empty(ids.shape[0], dtype=np.int64)
     first = np.empty(ids.shape[0], dtype=np.int64)
@@ -118,32 +136,32 @@ def catch_up(p, m, v, current, ids, step, lr, bc1, bc2s, b1, b2, eps, decay, may
             current[r] = step
             k += 1
     for j in prange(k):
-        _replay(p, m, v, stale[j], first[j], step, lr, bc1, bc2s, b1, b2, eps, decay, may_stop)
+        _replay(p, m, v, stale[j], first[j], step, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop)
 
 
 @_parallel
-def catch_up_all(p, m, v, current, step, lr, bc1, bc2s, b1, b2, eps, decay, may_stop):
+def catch_up_all(p, m, v, current, step, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop):
     for r in prange(p.shape[0]):
         if current[r] < step:
-            _replay(p, m, v, r, current[r] + 1, step, lr, bc1, bc2s, b1, b2, eps, decay, may_stop)
+            _replay(p, m, v, r, current[r] + 1, step, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop)
             current[r] = step
 
 
 @_parallel
-def adam_rows(p, m, v, current, rows, grads, step, lr, bc1, bc2s, b1, b2, eps, decay, may_stop):
+def adam_rows(p, m, v, current, rows, grads, step, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop):
     """Adam step number `step` for the rows with a gradient (each row once), after the steps they
     missed. As torch's single-tensor Adam: the step's scalars, (1 - beta) included, are computed
     in float64 and rounded once to float32; the element arithmetic is float32, in its order
     (m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2); p.addcdiv_(m, denom, -step))."""
-    step_size = np.float32(lr / bc1[step])
+    step_size = np.float32(lrs[step] / bc1[step])
     bc2_sqrt = bc2s[step]
-    b2f, epsf, decayf = np.float32(b2), np.float32(eps), np.float32(decay)
+    b2f, epsf, decayf = np.float32(b2), np.float32(eps), np.float32(1.0 - lrs[step] * wd)
     gain1, gain2 = np.float32(1.0 - b1), np.float32(1.0 - b2)
     rest1 = np.float32(1.0) - gain1
     for i in prange(rows.shape[0]):  # rows are distinct: each thread owns the rows it takes
         r = rows[i]
         if current[r] < step - 1:
-            _replay(p, m, v, r, current[r] + 1, step - 1, lr, bc1, bc2s, b1, b2, eps, decay, may_stop)
+            _replay(p, m, v, r, current[r] + 1, step - 1, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop)
         pr, mr, vr, gr = p[r], m[r], v[r], grads[i]
         for e in range(pr.shape[0]):
             g = gr[e]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from .data.batches import Batch
 from .progress import tqdm
+from .schedule import Schedule
 
 
 # An epoch whose mean training loss is this many times the loss of guessing (ln K for K classes)
@@ -130,6 +131,7 @@ class FitState:
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
     train_seconds: float = 0.0  # optimizer steps only, evaluation excluded
     train_examples: int = 0
+    stopped_early: bool = False  # train.patience ended the run before its last epoch
 
     @property
     def examples_per_s(self) -> float:
@@ -158,6 +160,17 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> None:
             g.mul_(scale)
 
 
+def best_epoch(history: list[dict[str, float]]) -> int:
+    """The epoch (1-based) with the best validation accuracy; the earliest of equals."""
+    best = max(range(len(history)), key=lambda i: (history[i]["val/acc"], -i))
+    return history[best]["epoch"]
+
+
+def patience_ran_out(history: list[dict[str, float]], patience: int | None) -> bool:
+    """Whether `patience` epochs have passed without a better validation accuracy than the best."""
+    return patience is not None and bool(history) and history[-1]["epoch"] - best_epoch(history) >= patience
+
+
 def _finite_or_raise(value: float, step: int, epoch: int, history: list) -> float:
     if not math.isfinite(value):
         raise Diverged(f"training loss became {value} at step {step} (epoch {epoch})", history)
@@ -182,6 +195,8 @@ def fit(
     on_epoch_end: Callable[[FitState], None] | None = None,
     pending_work: Callable[[], None] | None = None,
     amp: bool = False,
+    schedule: Schedule | None = None,
+    patience: int | None = None,
 ) -> FitState:
     """Train until `epochs` are done, from scratch or from a checkpoint's `state`.
 
@@ -189,7 +204,9 @@ def fit(
     it per epoch), so a resumed run sees exactly the batches an uninterrupted one would.
     `on_epoch_end` runs after each epoch's validation (to write a checkpoint). `pending_work`
     finishes what the optimizer deferred (updates it applies lazily) before the epoch's clock
-    stops, since that work is the epoch's.
+    stops, since that work is the epoch's. `schedule` sets the learning rate after each step
+    and each validation; `patience` stops the run once that many epochs bring no better
+    validation accuracy (`state.stopped_early`).
     """
     callbacks = list(callbacks)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -197,7 +214,11 @@ def fit(
     state = state or FitState()
     history = state.history
     step = state.step
+    schedule = schedule or Schedule()
     for epoch in range(state.epoch + 1, epochs + 1):
+        if patience_ran_out(history, patience):  # a run resumed after it had stopped
+            state.stopped_early = True
+            break
         model.train()
         window = _Window()
         bar = tqdm(
@@ -208,6 +229,8 @@ def fit(
             leave=False,
             disable=not progress,
         )
+        first_lr = optimizer.param_groups[0]["lr"]
+        step_lr = first_lr
         started = time.perf_counter()
         for batch in bar:
             batch = batch.to(device)
@@ -215,6 +238,7 @@ def fit(
                 logits = model(batch.ids, batch.lengths).float()
             loss = F.cross_entropy(logits, batch.labels)
             optimizer.zero_grad(set_to_none=True)
+            step_lr = optimizer.param_groups[0]["lr"]
             if scaler is None:
                 loss.backward()
                 if grad_clip is not None:
@@ -227,6 +251,7 @@ def fit(
                     clip_grad_norm(params, grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
+            schedule.after_step()
             step += 1
             window.add(loss, logits, batch.labels)
             if step % log_every == 0:
@@ -235,6 +260,7 @@ def fit(
                     "train/loss": _finite_or_raise(loss_sum / n, step, epoch, history),
                     "train/acc": correct / n,
                     "epoch": epoch,
+                    "lr": step_lr,  # the rate this step used
                 }
                 bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", acc=f"{metrics['train/acc']:.3f}")
                 for cb in callbacks:
@@ -249,6 +275,7 @@ def fit(
         bar.close()
         record = {
             "epoch": epoch,
+            "lr": first_lr,  # the rate of the epoch's first step
             "train/loss": _finite_or_raise(ep_loss / max(ep_n, 1), step, epoch, history),
             "train/acc": ep_correct / max(ep_n, 1),
             "train/examples_per_s": ep_n / epoch_seconds if epoch_seconds > 0 else 0.0,
@@ -260,11 +287,15 @@ def fit(
         val = evaluate(model, val_batches(), num_classes, device, amp)
         record.update({f"val/{k}": v for k, v in val.items()})
         history.append(record)
+        schedule.after_epoch(record["val/acc"])
         state.epoch, state.step = epoch, step
         state.train_seconds += epoch_seconds
         state.train_examples += ep_n
+        state.stopped_early = epoch < epochs and patience_ran_out(history, patience)
         for cb in callbacks:
             cb.on_epoch(step, record)
         if on_epoch_end is not None:
             on_epoch_end(state)
+        if state.stopped_early:
+            break
     return state
