@@ -78,7 +78,8 @@ def sweep(launcher: str, epochs: int, work: Path, logger: str) -> dict[str, floa
     beyond = [end - begin - train for begin, end, train in zip(began, finished, training)]
     warm_up = max(0.0, beyond[0] - statistics.median(beyond[1:])) if len(beyond) > 1 else 0.0
     t = {"total": ended - started, "start": began[0] - started, "jobs": max(finished) - began[0],
-         "end": ended - max(finished), "train": sum(training), "warm_up": warm_up}
+         "end": ended - max(finished), "train": sum(training), "warm_up": warm_up,
+         "busy": sum(end - begin for begin, end in zip(began, finished))}
     print(f"launcher={launcher:<9} {len(jobs)} runs  {t['total']:6.1f} s  (start-up {t['start']:.1f} s, "
           f"jobs {t['jobs']:.1f} s, summary+report+exit {t['end']:.1f} s; training itself {t['train']:.1f} s "
           "summed over jobs)", flush=True)
@@ -91,6 +92,14 @@ def ceiling(basic: dict[str, float], capacity: float) -> float:
     Generous: it lets each job on one thread train as fast as the basic launcher's on all."""
     serial = basic["start"] + basic["end"] + basic["warm_up"]
     return basic["total"] / (serial + (basic["total"] - serial) / capacity)
+
+
+def packing_ceiling(basic: dict[str, float], parallel: dict[str, float], capacity: float) -> float:
+    """The most launcher=parallel could gain with its jobs as they ran (one thread each, their
+    measured durations, first-job warm-ups included) packed onto the workers without a gap or a
+    lone last job: what the scheduling leaves on the table, where `ceiling` also credits each
+    one-thread job with the speed of the basic launcher's job on every core."""
+    return basic["total"] / (parallel["start"] + parallel["end"] + parallel["busy"] / capacity)
 
 
 def main() -> None:
@@ -117,6 +126,10 @@ def main() -> None:
     print(f"ceiling for any parallel launcher, from the best basic sweep's serial part (start-up "
           f"{b['start']:.1f} s + one warm-up {b['warm_up']:.1f} s + end {b['end']:.1f} s of {b['total']:.1f} s): "
           f"{ceiling(b, capacity):.2f}x at this machine's {capacity:.2f}x, {ceiling(b, 2.0):.2f}x with two free cores")
+    speed_up, packed = b["total"] / q["total"], packing_ceiling(b, q, capacity)
+    print(f"launcher=parallel reaches {speed_up / ceiling(b, capacity):.0%} of that ceiling; of the packing "
+          f"ceiling (its own jobs, {q['busy']:.1f} s summed on one thread each, packed onto the workers "
+          f"without gaps): {packed:.2f}x, reached {speed_up / packed:.0%}")
 
 
 if __name__ == "__main__":

@@ -142,9 +142,11 @@ class Cut(BaseException):
     """What a kill does to the run: nothing after the checkpoint of the epoch it hit."""
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sparse_adam", "sgd", "adam_scattered"])
-def test_a_run_cut_mid_way_resumes_to_the_uninterrupted_numbers(compose_cfg, tmp_path, monkeypatch, optimizer):
-    overrides = [*SMALL, "seed=3", "train.epochs=5", "train.select=best_val", "train.patience=3", "scheduler=cosine",
+@pytest.mark.parametrize("optimizer,name", [("adam", "cosine"), ("sparse_adam", "cosine"), ("sgd", "cosine"),
+                                            ("adam_scattered", "cosine"), ("adam", "linear_warmup"),
+                                            ("adamw", "plateau")])
+def test_a_run_cut_mid_way_resumes_to_the_uninterrupted_numbers(compose_cfg, tmp_path, monkeypatch, optimizer, name):
+    overrides = [*SMALL, "seed=3", "train.epochs=5", "train.select=best_val", "train.patience=3", *SCHEDULES[name],
                  "topology=deep", *OPTIMIZERS[optimizer]]
     settings = lambda: config.validate(compose_cfg(overrides))  # noqa: E731
     full = run.train(settings(), None, tmp_path / "full")
