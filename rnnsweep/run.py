@@ -402,7 +402,7 @@ def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: sto
             log.info("resuming %s from its epoch-%d checkpoint", out_dir, state.epoch)
         record["metrics"]["params"] = count_parameters(model)
         if device.type == "cpu":
-            fast.warm_up(model, optimizer, compiled_layers=cfg.runtime.compiled_rnn)
+            fast.warm_up(model, optimizer, compiled_layers=cfg.runtime.compiled_rnn, sweep=job.sweep is not None)
         batches.warm_up(data.train)
         tracker = _open_tracker(cfg, job, out_dir, identity, wandb_id)
         if tracker.run_id is not None:

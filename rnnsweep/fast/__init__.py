@@ -46,11 +46,13 @@ def embedding_grad(optimizer: str, choice: str | None, weight_decay: float, devi
     return "deferred" if optimizer == "adamw" or weight_decay == 0 else "scattered"
 
 
-def warm_up(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, compiled_layers: bool) -> None:
+def warm_up(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, compiled_layers: bool,
+            sweep: bool = False) -> None:
     """numba compiles each loop at its first call: seconds, the first time after an install. Make
     those calls here, on tiny tensors, so that the timed epoch (and the examples/s a report
     compares across runs) does not include them; a cold cache is announced and compiled in
-    parallel (compile.prepare). `compiled_layers`: the model runs `layer`."""
+    parallel (compile.prepare). `compiled_layers`: the model runs `layer`; `sweep`: other jobs
+    follow, which may need the other layers' loops: a cold cache compiles them too, side by side."""
     groups = sorted({kind_of(m) for m in model.modules() if kind_of(m) is not None}) if compiled_layers else []
     if isinstance(optimizer, DeferredAdam):
         groups.append("adam")
@@ -59,7 +61,7 @@ def warm_up(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, compile
     if groups:
         from .compile import prepare
 
-        prepare(groups)
+        prepare(groups, also=["lstm", "gru", "rnn", "adam"] if sweep else [])
 
 
 def pending_work(optimizer: torch.optim.Optimizer) -> Callable[[], None] | None:

@@ -4,8 +4,9 @@ numba compiles each loop at its first call and caches the machine code on disk, 
 run after an install pays (with numba's parallel loops, some 10-30 seconds on a laptop-class CPU).
 That run says so before it waits, and compiles the kernel groups it needs in parallel processes
 (one per group, as many at once as it has cores), each of which writes numba's cache; this
-process then loads them. `python -m rnnsweep.fast.compile` does it for every group (`make venv`
-runs it, so the first `make run` starts warm).
+process then loads them. The first job of a sweep also compiles the groups its other jobs may
+need. `python -m rnnsweep.fast.compile` does it for every group (`make venv` runs it, so the
+first `make run` starts warm).
 
 RNNSWEEP_COMPILE_JOBS=1 compiles in this process alone, one group after the other.
 """
@@ -66,35 +67,46 @@ def _jobs() -> int:
     return max(1, int(os.environ.get("RNNSWEEP_COMPILE_JOBS", cores)))
 
 
-def _compile_elsewhere(groups: list[str]) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-m", "rnnsweep.fast.compile", "--here", group],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for group in groups]
+def _compile_elsewhere(shares: list[list[str]]) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-m", "rnnsweep.fast.compile", "--here", *share],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for share in shares if share]
 
 
-def prepare(groups: list[str]) -> None:
+def _shares(groups: list[str], workers: int) -> list[list[str]]:
+    """`groups` dealt to `workers` processes, longest first to the least loaded, so they end together."""
+    shares: list[list[str]] = [[] for _ in range(max(1, min(workers, len(groups))))]
+    for group in sorted(groups, key=lambda g: -COLD_SECONDS[g]):
+        min(shares, key=lambda share: sum(COLD_SECONDS[g] for g in share)).append(group)
+    return shares
+
+
+def prepare(groups: list[str], *, also: list[str] = ()) -> None:
     """Make `groups`' loops ready in this process: loaded from numba's cache, or compiled (and
-    cached), the cold ones side by side in parallel processes, with a line before and after."""
-    cold = [g for g in dict.fromkeys(groups) if not is_cached(g)]
+    cached), the cold ones side by side in parallel processes, with a line before and after.
+    `also`: groups to compile into the cache as well when they are cold (a sweep's first job
+    compiles what its other jobs may need), not loaded here."""
+    needed = list(dict.fromkeys(groups))
+    cold = [g for g in dict.fromkeys([*needed, *also]) if not is_cached(g)]
+    shares = _shares(cold, _jobs()) if cold else [[]]
     if cold:
-        names = ", ".join(LABELS[g] for g in cold)
+        extra = [LABELS[g] for g in cold if g not in needed]
+        names = ", ".join(LABELS[g] for g in cold if g in needed) + (
+            f"; for the sweep's other jobs also {', '.join(extra)}" if extra else "")
         log.info("compiling the CPU kernels (%s), once after an install: about %d s; later runs load them from %s",
-                 names, max(COLD_SECONDS[g] for g in cold) if _jobs() > 1 else sum(COLD_SECONDS[g] for g in cold),
-                 cache_dir())
+                 names, max(sum(COLD_SECONDS[g] for g in share) for share in shares), cache_dir())
     started = time.perf_counter()
-    # Up to jobs - 1 cold groups compile in processes of their own while this one does the rest.
-    elsewhere = cold[1:_jobs()]
-    helpers = _compile_elsewhere(elsewhere)
+    # This process compiles the first share; helper processes the others at the same time.
+    helpers = _compile_elsewhere(shares[1:])
     try:
-        for group in dict.fromkeys(groups):
-            if group not in elsewhere:
-                GROUPS[group][1]()
+        for group in shares[0]:
+            GROUPS[group][1]()
     finally:
         for proc in helpers:
             try:
                 proc.wait(timeout=HELPER_TIMEOUT_S)
-            except subprocess.TimeoutExpired:  # stuck: this process compiles that group itself below
+            except subprocess.TimeoutExpired:  # stuck: this process compiles its groups itself below
                 proc.kill()
-    for group in elsewhere:  # loads what the helpers cached (or compiles it here, had one failed)
+    for group in needed:  # loads what is cached (or compiles it here, had a helper failed)
         GROUPS[group][1]()
     if cold:
         log.info("compiled the CPU kernels in %.0f s", time.perf_counter() - started)
@@ -112,7 +124,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    prepare(argv or list(GROUPS))
+    prepare([], also=argv or list(GROUPS))
     return 0
 
 
