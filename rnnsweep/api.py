@@ -41,6 +41,27 @@ def _overrides(items: Iterable[Any]) -> list[str]:
     return out
 
 
+def _refuse_sweeps(overrides: Sequence[str]) -> None:
+    """One job is composed here: a sweep (`-m`, `seed=0,1`, `range(3)`) is refused by name."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from . import config
+
+    for override in overrides:
+        if override in ("-m", "--multirun"):
+            raise config.ConfigError(f"'{override}': rnnsweep.train runs one job; loop over the values in Python, "
+                                     "or sweep with the command: rnnsweep -m ...")
+        try:
+            parsed = OverridesParser.create().parse_override(override)
+        except HydraException:
+            continue  # composing reports it, in the command's words
+        if parsed.is_sweep_override():
+            raise config.ConfigError(f"'{override}' is a sweep; rnnsweep.train runs one job: loop over the values "
+                                     f"in Python (for v in ...: rnnsweep.train(f\"{parsed.key_or_group}={{v}}\")), "
+                                     "or sweep with the command: rnnsweep -m ...")
+
+
 def compose(overrides: Sequence[str], *, hydra_config: bool = False) -> "DictConfig":
     """conf/ plus `overrides`, composed as the `rnnsweep` command composes them. `hydra_config`:
     keep the `hydra` node (run directory, the groups' choices). Hydra's global state is restored
@@ -54,6 +75,7 @@ def compose(overrides: Sequence[str], *, hydra_config: bool = False) -> "DictCon
 
     from . import cli, config  # cli registers the config schema conf/config.yaml names
 
+    _refuse_sweeps(overrides)
     backup = get_gh_backup()
     GlobalHydra.instance().clear()
     try:

@@ -329,7 +329,7 @@ def describe(ex: BaseException) -> str:
     overridden = re.match(r"Could not override '([\w.]+)'", parts[0])
     if unknown_key and overridden:
         hint = config.unknown_key_hint(overridden.group(1))
-        message += f"; {hint}" if hint.startswith("did") else f" {hint}" if hint else ""
+        message += f" {hint}" if hint.startswith("(") else f"; {hint}" if hint else ""
     return message
 
 

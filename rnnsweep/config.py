@@ -427,6 +427,11 @@ def unknown_key_hint(key: str, *, list_section: bool = True) -> str:
     of its section; '' when there is nothing to say."""
     leaves, sections = _schema_keys()
     section, _, leaf = key.rpartition(".")
+    options = {"optimizer": OPTIMIZERS, "data": DATA_SOURCES, "scheduler": SCHEDULERS}.get(section, {})
+    owners = [name for name, schema in options.items() if leaf in typing.get_type_hints(schema)]
+    if owners:  # a key of another option of the group than the one chosen
+        return (f"{key} is a key of {section}={' or '.join(owners)}, not of the {section} chosen: add "
+                f"{section}={owners[0]}")
     near = [k for k in leaves if k.rpartition(".")[2] == leaf]  # the same name in another section
     siblings = {k.rpartition(".")[2]: k for k in leaves if k.rpartition(".")[0] == section}
     near += [siblings[n] for n in difflib.get_close_matches(leaf, list(siblings), n=2, cutoff=0.6)]
@@ -444,9 +449,11 @@ def _require(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{key}={shown}: {expected}")
 
 
-def _check_schedule(s: Any) -> None:
+def _check_schedule(s: Any, lr: float) -> None:
     if isinstance(s, CosineScheduleConfig):
         _require(0 <= s.eta_min < math.inf, "scheduler.eta_min", s.eta_min, "must be a number >= 0")
+        _require(s.eta_min <= lr, "scheduler.eta_min", s.eta_min,
+                 f"is where the rate ends; it must be at most optimizer.lr={lr} (where it starts)")
     if isinstance(s, LinearWarmupScheduleConfig):
         _require(s.warmup_steps >= 1, "scheduler.warmup_steps", s.warmup_steps, "must be at least 1 step")
         _require(0 < s.start_factor <= 1, "scheduler.start_factor", s.start_factor, "must be in (0, 1]")
@@ -456,6 +463,8 @@ def _check_schedule(s: Any) -> None:
         _require(s.patience >= 0, "scheduler.patience", s.patience, "must be 0 epochs or more")
         _require(0 <= s.threshold < math.inf, "scheduler.threshold", s.threshold, "must be a number >= 0")
         _require(0 <= s.min_lr < math.inf, "scheduler.min_lr", s.min_lr, "must be a number >= 0")
+        _require(s.min_lr < lr, "scheduler.min_lr", s.min_lr,
+                 f"must be below optimizer.lr={lr}, or the rate is never reduced")
 
 
 def _validate_vectors(m: ModelConfig) -> None:
@@ -498,7 +507,6 @@ def validate(cfg: DictConfig) -> RootConfig:
     _require(tr.epochs >= 1, "train.epochs", tr.epochs, "must be at least 1")
     if tr.patience is not None:
         _require(tr.patience >= 1, "train.patience", tr.patience, "must be at least 1 epoch, or null for no early stop")
-    _check_schedule(root.scheduler)
     if tr.epoch_size is not None:
         _require(tr.epoch_size >= 1, "train.epoch_size", tr.epoch_size, "must be at least 1, or null for all")
     _require(
@@ -537,6 +545,7 @@ def validate(cfg: DictConfig) -> RootConfig:
         if problem:
             raise ConfigError(problem)
     _require(0 < o.lr < math.inf, "optimizer.lr", o.lr, "must be a positive number")
+    _check_schedule(root.scheduler, o.lr)
     wd = getattr(o, "weight_decay", 0.0)
     _require(0 <= wd < math.inf, "optimizer.weight_decay", wd, "must be a number >= 0")
     if hasattr(o, "eps"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -143,6 +144,13 @@ def evaluate_run(run: str | os.PathLike, overrides: Sequence[str] = (), *, split
     texts, labels = _rows(raw, split_options, split)
     labels, mapping = map_classes(raw.class_names, labels, clf.classes, clf.id)
     metrics = clf.score(texts, labels)
+    same = fingerprint == (clf.record or {}).get("data", {}).get("fingerprint")
+    cautions = []
+    if not same and split != "all" and settings.data.name == clf.config.get("data", {}).get("name"):
+        # The same kind of source, read or split otherwise: its held-out rows may be rows the run trained on.
+        cautions.append(f"the data settings differ from the run's, so the {split} split is not the run's own: if "
+                        "this is the data the run trained on, some of these rows may be rows it trained on "
+                        "(without data overrides, rnnsweep-evaluate scores the run's own test split)")
     counts = np.bincount(labels, minlength=len(clf.classes))
     run_record = clf.record or {}
     run_data = run_record.get("data") or {}
@@ -158,13 +166,13 @@ def evaluate_run(run: str | os.PathLike, overrides: Sequence[str] = (), *, split
             "name": settings.data.name,
             "config": to_plain(settings.data),
             "fingerprint": fingerprint,
-            "same_as_run": fingerprint == run_data.get("fingerprint"),
+            "same_as_run": same,
             "split": split,
             "n": len(texts),
             "class_counts": {c: int(n) for c, n in zip(clf.classes, counts)},
             "class_mapping": mapping,
             "dropped_empty": raw.dropped_empty,
-            "warnings": raw.warnings,
+            "warnings": raw.warnings + cautions,
         },
         "metrics": {**metrics, "n": len(texts)},
         "overrides": list(overrides),
@@ -227,6 +235,8 @@ def _report(args: argparse.Namespace) -> None:
     m, d = rec["metrics"], rec["data"]
     print(f"run {rec['run']['id']} on data={d['name']} ({d['split']} split, {d['n']} rows): "
           f"acc {m['acc']:.4f}, macro-F1 {m['macro_f1']:.4f}, loss {m['loss']:.4f}")
+    for warning in d["warnings"]:
+        print(f"rnnsweep-evaluate: warning: {warning}", file=sys.stderr)
     if d["same_as_run"] and d["split"] == "test" and rec["run"]["test/acc"] is not None:
         print(f"(the run's own test split: its record says test acc {rec['run']['test/acc']:.4f})")
     print(f"record: {rec['path']}")

@@ -87,8 +87,11 @@ def _no_model(path: Path, record: dict[str, Any] | None, job: dict[str, Any] | N
     status = (record or {}).get("status") or (job or {}).get("status") or (job or {}).get("outcome")
     if status != "completed":
         why = f": {job['reason']}" if job and job.get("reason") else ""
-        return LoadError(f"{path}: run {run_id} is {status}{why}; only a completed run leaves a model "
-                         "(train it to the end first)")
+        advice = {"diverged": "its loss exploded and it kept no model; the same config diverges again, so train "
+                              "with a lower optimizer.lr",
+                  "running": "wait for it to finish",
+                  "interrupted": "run the same command again to resume it"}.get(str(status), "train it to the end first")
+        return LoadError(f"{path}: run {run_id} is {status}{why}; only a completed run leaves a model ({advice.strip()})")
     model = (record or {}).get("model")
     if record is not None and not model:
         return LoadError(f"{path}: run {run_id} was trained with ledger.keep_model=false and has no model; "
@@ -158,9 +161,9 @@ def _as_texts(texts: Sequence[str]) -> list[str]:
     if isinstance(texts, (str, bytes)):
         raise TypeError("texts: a list of strings, not one string (wrap it: [text])")
     texts = list(texts)
-    bad = next((t for t in texts if not isinstance(t, str)), None)
-    if bad is not None:
-        raise TypeError(f"texts: every text must be a str, not {type(bad).__name__} ({bad!r})")
+    for bad in texts:
+        if not isinstance(bad, str):
+            raise TypeError(f"texts: every text must be a str, not {type(bad).__name__} ({bad!r})")
     return texts
 
 
@@ -229,14 +232,33 @@ class Classifier:
         """The most probable class name of each text."""
         return [self.classes[i] for i in self.logits(texts).argmax(axis=1)]
 
-    def score(self, texts: Sequence[str], labels: Sequence[int]) -> dict[str, float]:
-        """acc, macro_f1 and loss on labelled texts (labels: indices into `classes`), computed by
+    def _label_indices(self, labels: Sequence[int | str], n: int) -> list[int]:
+        """Labels as indices into `classes`, from indices or class names; a ValueError that says
+        what is expected otherwise."""
+        if isinstance(labels, (str, bytes)):
+            raise ValueError("labels: a list, one per text, not one string")
+        labels = list(labels)
+        if len(labels) != n:
+            raise ValueError(f"labels: {len(labels)} labels for {n} texts; give one label per text")
+        out = []
+        for label in labels:
+            if isinstance(label, str) and label in self.classes:
+                out.append(self.classes.index(label))
+            elif isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < len(self.classes):
+                out.append(int(label))
+            else:
+                raise ValueError(f"labels: {label!r} is neither one of the run's classes ({', '.join(self.classes)}) "
+                                 f"nor an index 0..{len(self.classes) - 1}")
+        return out
+
+    def score(self, texts: Sequence[str], labels: Sequence[int | str]) -> dict[str, float]:
+        """acc, macro_f1 and loss on labelled texts (labels: class names, or indices into `classes`), computed by
         the training loop's own `evaluate` on the batches the run's evaluation would cut. The run's
         own test split gives its record's numbers exactly when the run was tested on this kind of
         device without mixed precision (runtime.amp=false): CPU runs, for instance."""
         from .loop import evaluate  # the training loop's module: only scoring needs it
 
-        data = self.encode(texts, labels)
+        data = self.encode(texts, self._label_indices(labels, len(_as_texts(texts))))
         return evaluate(self.model, (b for _, b in self.batches(data)), len(self.classes), self.device)
 
 
@@ -244,7 +266,8 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LoadError(f"device={name}: no CUDA device is visible here; use device='cpu'")
+        raise LoadError(f"device={name}: no CUDA device is visible here; use the CPU (--device cpu, or "
+                        "device='cpu' from Python)")
     return torch.device(name)
 
 
@@ -446,6 +469,14 @@ def _write(columns: list[str], rows: list[list[Any]], fmt: str, out: io.TextIOBa
 
 
 def _inputs(args: argparse.Namespace) -> list[str]:
+    texts = _given_texts(args)
+    if not texts:
+        source = "the file" if args.file not in (None, "-") else "stdin"
+        raise ValueError(f"no texts to classify: {source} holds none (blank lines are skipped)")
+    return texts
+
+
+def _given_texts(args: argparse.Namespace) -> list[str]:
     if args.texts and args.file:
         raise ValueError("give TEXT arguments or --file, not both")
     if args.texts == ["-"] or (not args.texts and args.file is None):

@@ -190,6 +190,11 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
     except OSError as ex:  # the cache's entry had to be built, and its directory cannot be written
         return bad_input(DirectoryError(f"{_cache_setting(settings)}: cannot write the data cache {cache_root}: "
                                         f"{ex.strerror or ex}"), **common)
+    tr = settings.train
+    schedule_problem = lr_schedule.problem(
+        settings.scheduler, tr.epochs * batches.num_batches(data.train, tr.batch_size, tr.epoch_size))
+    if schedule_problem:
+        return bad_input(DataError(schedule_problem), **common)
     if action == "busy":
         log.info("%s: run %s is training in another process; waiting for it (at most %ss, ledger.busy_wait)",
                  job.name, identity.run_id, settings.ledger.busy_wait)

@@ -60,6 +60,16 @@ class _QuietSequential(lr_scheduler.SequentialLR):
         _quietly(super().step)
 
 
+def problem(settings: Any, total_steps: int) -> str | None:
+    """Why `settings` cannot do what it says over a run of `total_steps` optimizer steps (known
+    once the data is), in one line; None if it can."""
+    if isinstance(settings, LinearWarmupScheduleConfig) and settings.warmup_steps >= total_steps:
+        return (f"scheduler.warmup_steps={settings.warmup_steps}: this run has {total_steps} optimizer steps "
+                "(train.epochs x batches per epoch), so it would never finish warming up, nor decay; "
+                f"set it below {total_steps}")
+    return None
+
+
 def build(settings: Any, optimizer: torch.optim.Optimizer, *, total_steps: int) -> Schedule:
     """The schedule `settings` (a scheduler config) describes, for a run of `total_steps` optimizer steps."""
     if isinstance(settings, ConstantScheduleConfig):

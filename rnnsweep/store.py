@@ -121,10 +121,12 @@ def _as_before(config: dict[str, Any], dotted: str, before: Any) -> bool:
 
 def run_identity(config: dict[str, Any], data_fingerprint: str, *, vectors: str | None = None) -> Identity:
     """`config`: the plain resolved config, its runtime.threads the number the run trains on.
-    `vectors`: the digest of the pretrained word vectors' file (model.vectors), whose content the
-    path in the config does not pin down; None (no vectors) adds nothing."""
+    `vectors`: the digest of the pretrained word vectors' file (model.vectors): it replaces the
+    path, whose content it pins down; None (no vectors) adds nothing."""
     unchanged = tuple(k for k, before in LATER_KEYS.items() if _as_before(config, k, before))
-    core = _without(config, NON_RESULT_KEYS + unchanged)
+    # The vectors' content stands for them, not where the file lies: moved or renamed, the same run.
+    where = ("model.vectors",) if vectors is not None else ()
+    core = _without(config, NON_RESULT_KEYS + unchanged + where)
     if not config["runtime"]["compiled_rnn"]:
         # torch's own layers (and its reductions) split their sums by thread: another thread
         # count, other roundings, another result.

@@ -137,3 +137,10 @@ def test_importing_rnnsweep_loads_neither_torch_nor_hydra():
                           "print(sorted(m for m in ('torch', 'hydra', 'pandas') if m in sys.modules))"],
                          env=clean_env(), capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stderr
+
+
+@pytest.mark.parametrize("override", ["-m", "seed=0,1", "seed=range(2)"])
+def test_train_refuses_a_sweep_and_says_how_to_run_one(tmp_path, override):
+    with pytest.raises(config.ConfigError, match="rnnsweep.train runs one job") as err:
+        rnnsweep.train(*TINY, override, base_dir=tmp_path)
+    assert "rnnsweep -m" in str(err.value) and not any(tmp_path.iterdir())

@@ -258,12 +258,15 @@ def test_the_predict_command_reads_files_and_writes_csv_json_and_jsonl(ag_run, t
     (["{run}", "--file", "{table}", "--text-column", "body"], "no column 'body'"),
     (["{run}", "x", "--format", "xml"], "invalid choice"),
     (["{run}", "x", "--batch-size", "0"], "at least 1"),
+    (["{run}", "--file", "{blank}"], "no texts to classify: the file holds none"),
 ])
 def test_the_predict_commands_errors_are_one_line_and_exit_2(ag_run, tmp_path, capsys, argv, expected):
     rec, store, _ = ag_run
     table = tmp_path / "t.csv"
     table.write_text("text,label\nhello,1\n")
-    argv = [a.format(run=rec["id"], missing=tmp_path / "missing.txt", table=table) for a in argv]
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n \n")
+    argv = [a.format(run=rec["id"], missing=tmp_path / "missing.txt", table=table, blank=blank) for a in argv]
     code, out, err = _main(predict, [*argv, "--store", str(store)], capsys)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("rnnsweep-predict: error: ") and expected in err, err
@@ -312,3 +315,17 @@ def test_the_evaluate_command_scores_a_run_and_writes_its_record(ag_run, tmp_pat
     res = subprocess.run([*_script("rnnsweep-evaluate"), rec["id"], "--store", str(store), "model=gru"],
                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "only data overrides" in res.stderr
+
+
+def test_the_classifier_says_what_it_expects_of_texts_and_labels(ag_run):
+    rec, store, _ = ag_run
+    clf = predict.load(rec["id"], store)
+    for texts, message in (([None], "every text must be a str, not NoneType"), ("one text", "not one string")):
+        with pytest.raises(TypeError, match=message):
+            clf.predict(texts)
+    with pytest.raises(ValueError, match="1 labels for 2 texts"):
+        clf.score(["a", "b"], [0])
+    with pytest.raises(ValueError, match="neither one of the run's classes"):
+        clf.score(["a", "b"], [0, 9])
+    by_name = clf.score(["a", "b"], [clf.classes[1], clf.classes[2]])
+    assert by_name == clf.score(["a", "b"], [1, 2])

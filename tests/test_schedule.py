@@ -11,7 +11,7 @@ from torch.optim import lr_scheduler
 
 from conftest import TINY
 from rnnsweep import builders, checkpoint, config, run, schedule, store
-from rnnsweep.data import prepare
+from rnnsweep.data import DataError, prepare
 from rnnsweep.data.batches import iterate, num_batches
 from rnnsweep.loop import fit
 
@@ -185,8 +185,27 @@ def test_a_schedule_and_selection_are_part_of_the_run_identity(compose_cfg):
     ("scheduler=plateau scheduler.factor=1.5", "scheduler.factor=1.5: must be in (0, 1)"),
     ("scheduler=cosine scheduler.eta_min=-1", "scheduler.eta_min=-1.0: must be a number >= 0"),
     ("train.select=best", "train.select"),
+    ("scheduler=cosine scheduler.eta_min=0.01", "scheduler.eta_min=0.01: is where the rate ends; it must be at most "
+                                                 "optimizer.lr=0.002"),
+    ("scheduler=plateau scheduler.min_lr=0.01", "scheduler.min_lr=0.01: must be below optimizer.lr=0.002"),
 ])
 def test_bad_schedule_and_selection_settings_are_one_line_errors(compose_cfg, override, message):
     with pytest.raises(Exception) as err:
         config.validate(compose_cfg([*TINY, *override.split()]))
     assert message in str(err.value)
+
+
+def test_a_warm_up_longer_than_the_run_is_refused_before_training(compose_cfg, tmp_path):
+    settings = config.validate(compose_cfg([*TINY, "train.epochs=2", "scheduler=linear_warmup"]))  # 8 steps
+    with pytest.raises(DataError, match=r"scheduler.warmup_steps=100: this run has 8 optimizer steps"):
+        run.run_job(settings, run.Job(dir=tmp_path / "job"), tmp_path / "store", raise_on_failure=True)
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_key_of_another_schedule_names_the_schedule_that_has_it(compose_cfg):
+    from rnnsweep import cli
+
+    with pytest.raises(Exception) as err:
+        compose_cfg([*TINY, "scheduler.eta_min=0.1"])
+    assert cli.describe(err.value).endswith("scheduler.eta_min is a key of scheduler=cosine, not of the scheduler "
+                                            "chosen: add scheduler=cosine")

@@ -150,6 +150,7 @@ def test_a_word_with_spaces_inside_is_read_as_one_word(tmp_path):
     ("fig\n", ":1: a word without values"),
     ("2 3\n", ": the file holds no vectors (only its header line)"),
     ("\n\n", ": the file holds no vectors"),
+    ("2 300\nfig 1 2 3\nplum 1 2 3\n", ":1: the header says 300 dimensions, but line 2 has 3 values"),
 ])
 def test_a_malformed_file_is_one_line_naming_the_file_and_line(tmp_path, text, message):
     path = tmp_path / "v.txt"
@@ -316,6 +317,8 @@ def test_the_identity_follows_the_file_s_content(compose_cfg, tmp_path):
     write_vectors(path, rows)
     after = plan()
     assert after[0] != before[0] and after[1] != before[1]
+    path = path.rename(tmp_path / "moved.txt")  # the same content elsewhere: the same run
+    assert plan() == after
 
 
 def test_runs_without_vectors_keep_their_ids(compose_cfg):

@@ -88,14 +88,21 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _header(first: str, second: str | None) -> int | None:
+def _header(first: str, second: str | None, where: str) -> int | None:
     """The dimension a "<count> <dim>" header line gives, or None when `first` is a vector. Two
-    integers alone are a header when the next line has that many values (or there is none)."""
+    integers alone are a header when the next line has that many values (or there is none); a
+    one-dimensional vector of an integer word ("1984 2") reads the same, and is told apart by
+    its next line having two fields too. Anything else: the header and the vectors disagree."""
     fields = first.split(" ")
     if len(fields) != 2 or not all(f.isascii() and f.isdigit() for f in fields):
         return None
     dim = int(fields[1])
-    return dim if second is None or len(second.split(" ")) == dim + 1 else None
+    if second is None or len(second.split(" ")) == dim + 1:
+        return dim
+    if len(second.split(" ")) == 2:  # 1-dimensional vectors, the first word a number
+        return None
+    raise DataError(f"{where}:1: the header says {dim} dimensions, but line 2 has {len(second.split(' ')) - 1} "
+                    "values (fix or remove the header line)")
 
 
 def _digest(path: Path) -> str:
@@ -122,7 +129,7 @@ def vectors_file(path: Path, embed_dim: int | None = None) -> VectorsFile:
             break
     if not head:
         raise DataError(f"{path}: the file holds no vectors")
-    dim = _header(head[0][1], head[1][1] if len(head) > 1 else None)
+    dim = _header(head[0][1], head[1][1] if len(head) > 1 else None, str(path))
     header = dim is not None
     if header:
         if len(head) == 1:
