@@ -89,9 +89,9 @@ def prepare(groups: list[str], *, also: list[str] = ()) -> None:
     cold = [g for g in dict.fromkeys([*needed, *also]) if not is_cached(g)]
     shares = _shares(cold, _jobs()) if cold else [[]]
     if cold:
-        extra = [LABELS[g] for g in cold if g not in needed]
-        names = ", ".join(LABELS[g] for g in cold if g in needed) + (
-            f"; for the sweep's other jobs also {', '.join(extra)}" if extra else "")
+        own = ", ".join(LABELS[g] for g in cold if g in needed)
+        extra = ", ".join(LABELS[g] for g in cold if g not in needed)
+        names = f"{own}; for the sweep's other jobs also {extra}" if own and extra else own or extra
         log.info("compiling the CPU kernels (%s), once after an install: about %d s; later runs load them from %s",
                  names, max(sum(COLD_SECONDS[g] for g in share) for share in shares), cache_dir())
     started = time.perf_counter()
