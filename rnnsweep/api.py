@@ -17,13 +17,13 @@ session or a Hydra app that composes too.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from .composition import compose
+
 if TYPE_CHECKING:  # the heavy modules load when used, not when `rnnsweep` is imported
     import pandas as pd
-    from omegaconf import DictConfig
 
     from .predict import Classifier
 
@@ -39,74 +39,6 @@ def _overrides(items: Iterable[Any]) -> list[str]:
         else:
             raise TypeError(f"overrides are strings like 'model=gru', not {type(item).__name__} ({item!r})")
     return out
-
-
-def _refuse_sweeps(overrides: Sequence[str]) -> None:
-    """One job is composed here: a sweep (`-m`, `seed=0,1`, `range(3)`) is refused by name."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    from . import config
-
-    for override in overrides:
-        if override in ("-m", "--multirun"):
-            raise config.ConfigError(f"'{override}': rnnsweep.train runs one job; loop over the values in Python, "
-                                     "or sweep with the command: rnnsweep -m ...")
-        try:
-            parsed = OverridesParser.create().parse_override(override)
-        except HydraException:
-            continue  # composing reports it, in the command's words
-        if parsed.is_sweep_override():
-            raise config.ConfigError(f"'{override}' is a sweep; rnnsweep.train runs one job: loop over the values "
-                                     f"in Python (for v in ...: rnnsweep.train(f\"{parsed.key_or_group}={{v}}\")), "
-                                     "or sweep with the command: rnnsweep -m ...")
-
-
-def compose(overrides: Sequence[str], *, hydra_config: bool = False) -> "DictConfig":
-    """conf/ plus `overrides`, composed as the `rnnsweep` command composes them. `hydra_config`:
-    keep the `hydra` node (run directory, the groups' choices). Hydra's global state is restored
-    afterwards. A bad override raises config.ConfigError with the command's one-line message."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
-    from omegaconf.errors import OmegaConfBaseException
-
-    from . import cli, config  # cli registers the config schema conf/config.yaml names
-
-    _refuse_sweeps(overrides)
-    backup = get_gh_backup()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=cli.config_dir(), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_config)
-    except (HydraException, OmegaConfBaseException) as ex:
-        raise config.ConfigError(cli.describe(ex)) from ex
-    finally:
-        restore_gh_from_backup(backup)
-
-
-def _fresh_dir(path: Path) -> Path:
-    """`path`, or `path-1`, `path-2`, ... if it exists: two runs started in one second (Hydra's
-    directory names have seconds) must not share a job directory."""
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    return candidate
-
-
-def _discard(job_dir: Path, base_dir: Path) -> None:
-    """A job that ended in a user error leaves nothing behind: its directory, if it holds nothing
-    but what this module wrote (.hydra/), and the parents that became empty (outputs/run/)."""
-    if not job_dir.is_dir() or {p.name for p in job_dir.iterdir()} - {".hydra"}:
-        return
-    shutil.rmtree(job_dir, ignore_errors=True)
-    for parent in job_dir.parents:
-        if parent == base_dir or not parent.is_relative_to(base_dir) or any(parent.iterdir()):
-            break
-        parent.rmdir()
 
 
 def train(*overrides: str | Sequence[str], dir: str | os.PathLike | None = None,
@@ -134,7 +66,7 @@ def train(*overrides: str | Sequence[str], dir: str | os.PathLike | None = None,
     cfg = compose(given, hydra_config=True)
     hc = cfg.hydra
     base = Path(base_dir).expanduser().absolute() if base_dir is not None else Path.cwd()
-    job_dir = Path(dir).expanduser() if dir is not None else _fresh_dir(base / str(hc.run.dir))
+    job_dir = Path(dir).expanduser() if dir is not None else sweep.fresh_dir(base / str(hc.run.dir))
     job_dir = job_dir if job_dir.is_absolute() else base / job_dir
     # What cli.current_job reads from HydraConfig, from the composed hydra node.
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/") and k != "rnnsweep_schema"}
@@ -156,7 +88,7 @@ def train(*overrides: str | Sequence[str], dir: str | os.PathLike | None = None,
     try:
         result = run_job(settings, job, store_root, raise_on_failure=True)
     except (DataError, config.ConfigError):
-        _discard(job_dir, base)
+        sweep.discard(job_dir, base, {".hydra"})
         raise
     if result.record is not None:
         return result.record

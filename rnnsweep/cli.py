@@ -18,7 +18,6 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 import logging
 import math
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -131,16 +130,10 @@ def store_root(store: str) -> Path:
 
 
 def _discard(directory: Path, base_dir: Path, made_of: set[str]) -> None:
-    """Remove a directory Hydra made for a run or sweep that ended in a user error, if it holds
-    nothing but `made_of` (Hydra's own files), with the parents it made (outputs/run/, outputs/)."""
-    if not directory.is_dir() or not {p.name for p in directory.iterdir()} <= made_of:
-        return
-    logging.shutdown()  # close the job's log file before removing it
-    shutil.rmtree(directory, ignore_errors=True)
-    for parent in directory.parents:
-        if parent == base_dir or not parent.is_relative_to(base_dir) or any(parent.iterdir()):
-            break
-        parent.rmdir()
+    """sweep.discard, with the job's log file closed first (it is one of Hydra's files there)."""
+    if directory.is_dir() and {p.name for p in directory.iterdir()} <= made_of:
+        logging.shutdown()
+    sweep.discard(directory, base_dir, made_of)
 
 
 def _exit_with_error(ex: BaseException, job_dir: Path, base_dir: Path) -> None:

@@ -51,7 +51,7 @@ def data_settings(run_config: dict[str, Any], overrides: Sequence[str]):
     from omegaconf import OmegaConf
 
     from . import config
-    from .api import compose
+    from .composition import compose
 
     for o in overrides:
         if not _allowed(o):
@@ -108,9 +108,9 @@ def _out_dir(out: str | os.PathLike | None, base_dir: Path) -> Path:
     if out is not None:
         path = Path(out).expanduser()
         return path if path.is_absolute() else base_dir / path
-    from .api import _fresh_dir
+    from .sweep import fresh_dir
 
-    return _fresh_dir(base_dir / "outputs" / "evaluate" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+    return fresh_dir(base_dir / "outputs" / "evaluate" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
 
 
 def evaluate_run(run: str | os.PathLike, overrides: Sequence[str] = (), *, split: str = "test",

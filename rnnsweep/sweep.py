@@ -7,6 +7,7 @@ without importing anything a job needs.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,25 @@ def summarize(jobs: list[dict[str, Any]]) -> str:
             lines.append(f"{'':>4}  {'':<9} {j.get('error', '')}")
     lines.append(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" ({len(jobs)} jobs)")
     return "\n".join(lines)
+
+
+def fresh_dir(path: Path) -> Path:
+    """`path`, or `path-1`, `path-2`, ... if it exists: two runs started in one second (Hydra's
+    directory names have seconds) must not share a job directory."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def discard(directory: Path, base_dir: Path, made_of: set[str]) -> None:
+    """Remove a job or sweep directory that ended in a user error, if it holds nothing but
+    `made_of` (Hydra's own files), with the parents that became empty (outputs/run/, outputs/)."""
+    if not directory.is_dir() or not {p.name for p in directory.iterdir()} <= made_of:
+        return
+    shutil.rmtree(directory, ignore_errors=True)
+    for parent in directory.parents:
+        if parent == base_dir or not parent.is_relative_to(base_dir) or any(parent.iterdir()):
+            break
+        parent.rmdir()
