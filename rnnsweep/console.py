@@ -14,6 +14,17 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
 def run_reporting_errors(prog: str, body: Callable[[], None]) -> None:
     """Run `body`; any error is one line on stderr and exit status 2, never a traceback
     (RNNSWEEP_FULL_ERROR=1 shows it); Ctrl-C exits 130, a closed pipe (`| head`) quietly."""

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import __version__
-from .console import OneLineParser, run_reporting_errors
+from .console import OneLineParser, positive_int, run_reporting_errors
 
 RECORD_NAME = "evaluation.json"
 SPLITS = ("test", "val", "train", "all")
@@ -214,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="which rows: the pipeline's test (default), val or train split, or all rows read")
     p.add_argument("--store", metavar="DIR", help="the run store to look RUN up in (default: outputs/store)")
     p.add_argument("--out", metavar="DIR", help="where evaluation.json goes (default: outputs/evaluate/<time>)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="texts per batch (default: the run's)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N", help="texts per batch (default: the run's)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
     p.add_argument("--version", action="version", version=f"rnnsweep-evaluate {__version__}")
     return p
@@ -224,8 +224,6 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry: the metrics on stdout; every error one line, exit status 2."""
     parser = _parser()
     args = parser.parse_intermixed_args(argv)  # options may come between RUN and the rest
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error(f"--batch-size {args.batch_size}: must be at least 1")
     run_reporting_errors(parser.prog, lambda: _report(args))
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .console import OneLineParser, run_reporting_errors
+from .console import OneLineParser, positive_int, run_reporting_errors
 from .data import batches
 from .data.encoded import EncodedTexts
 from .data.tokenization import load_encoder
@@ -367,7 +367,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("csv", "json", "jsonl"), default="csv", help="output format (default: csv)")
     p.add_argument("--output", "-o", metavar="PATH", help="write here instead of stdout")
     p.add_argument("--store", metavar="DIR", help=f"the run store to look RUN up in (default: {DEFAULT_STORE})")
-    p.add_argument("--batch-size", type=int, metavar="N", help="texts per batch (default: the run's "
+    p.add_argument("--batch-size", type=positive_int, metavar="N", help="texts per batch (default: the run's "
                    "train.eval_batch_size)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
     p.add_argument("--version", action="version", version=f"rnnsweep-predict {__version__}")
@@ -509,9 +509,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry: every error is one line and exit status 2."""
     parser = _parser()
     args = parser.parse_intermixed_args(argv)  # options may come between RUN and the rest
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error(f"--batch-size {args.batch_size}: must be at least 1")
     run_reporting_errors(parser.prog, lambda: _run(args))
+
 
 if __name__ == "__main__":
     main()

@@ -103,6 +103,23 @@ def _ensure_one_step(ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, 
     return ids, offsets
 
 
+def _word_ids(texts: Sequence[str], to_ids: Callable[[list[str]], np.ndarray],
+              progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(flat int32 ids, per-row lengths) of `texts` in `basic_english` tokens, chunk by chunk;
+    `to_ids` maps one chunk's tokens to ids (learning a vocabulary, or looking one up)."""
+    chunks, lengths = [], []
+    for start in range(0, len(texts), _CHUNK):
+        rows = _basic_english_rows(texts[start : start + _CHUNK])
+        lengths.append(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)))
+        tokens = list(itertools.chain.from_iterable(rows))
+        del rows
+        chunks.append(to_ids(tokens))
+        if progress:
+            progress(len(lengths[-1]))
+    ids = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
+    return ids, np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+
+
 def word_vocabulary(
     texts: Sequence[str],
     fit_rows: np.ndarray,
@@ -115,21 +132,13 @@ def word_vocabulary(
     if min_freq < 1:
         raise ValueError("min_freq must be at least 1")
     index: dict[str, int] = {}  # provisional ids, in order of first sight
-    chunks, lengths = [], []
-    for start in range(0, len(texts), _CHUNK):
-        rows = _basic_english_rows(texts[start : start + _CHUNK])
-        n = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-        tokens = list(itertools.chain.from_iterable(rows))
-        del rows
+
+    def provisional_ids(tokens: list[str]) -> np.ndarray:
         for tok in set(tokens).difference(index):
             index[tok] = len(index)
-        chunks.append(np.fromiter(map(index.__getitem__, tokens), dtype=np.int32, count=len(tokens)))
-        lengths.append(n)
-        if progress:
-            progress(len(lengths[-1]))
-    ids = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
-    del chunks
-    row_lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+        return np.fromiter(map(index.__getitem__, tokens), dtype=np.int32, count=len(tokens))
+
+    ids, row_lengths = _word_ids(texts, provisional_ids, progress)
     fit_mask = np.zeros(len(row_lengths), dtype=bool)
     fit_mask[fit_rows] = True
     counts = np.bincount(ids[np.repeat(fit_mask, row_lengths)], minlength=len(index))
@@ -235,15 +244,8 @@ def load_encoder(directory: Path, name: str) -> Callable[[Sequence[str]], tuple[
         index = {word: i for i, word in enumerate(vocab[2:], start=2)}
 
         def encode_words(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-            chunks, lengths = [], []
-            for start in range(0, len(texts), _CHUNK):
-                rows = _basic_english_rows(texts[start : start + _CHUNK])
-                lengths.append(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)))
-                tokens = itertools.chain.from_iterable(rows)
-                chunks.append(np.fromiter((index.get(t, UNK_ID) for t in tokens), dtype=np.int32,
-                                          count=int(lengths[-1].sum())))
-            ids = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
-            return _ensure_one_step(ids, np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64))
+            return _ensure_one_step(*_word_ids(texts, lambda tokens: np.fromiter(
+                (index.get(t, UNK_ID) for t in tokens), dtype=np.int32, count=len(tokens))))
 
         return encode_words
     if name in ("wordpiece", "bpe"):
