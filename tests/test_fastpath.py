@@ -419,7 +419,7 @@ from rnnsweep.fast.optimizers import make_optimizer
 name = sys.argv[1]
 loops = [cpu_rnn._lstm_forward, cpu_rnn._lstm_backward, row_adam._merge_rows]
 if name == "adam":
-    loops += [row_adam.adam_rows, row_adam.catch_up, row_adam.catch_up_all]
+    loops += [row_adam.adam_rows, row_adam._stale_rows, row_adam._bring_up]
 
 model = TextClassifier(50, 3, arch="lstm", embed_dim=8, hidden_dim=8, pooling="last", sparse_embedding=True)
 opt = make_optimizer(name, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, embedding_grad="deferred")

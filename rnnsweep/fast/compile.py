@@ -31,7 +31,7 @@ GROUPS: dict[str, tuple[tuple, Callable[[], None]]] = {
     "lstm": ((cpu_rnn._lstm_forward, cpu_rnn._lstm_backward), lambda: cpu_rnn.warm_up(torch.nn.LSTM)),
     "gru": ((cpu_rnn._gru_forward, cpu_rnn._gru_backward), lambda: cpu_rnn.warm_up(torch.nn.GRU)),
     "rnn": ((cpu_rnn._rnn_forward, cpu_rnn._rnn_backward), lambda: cpu_rnn.warm_up(torch.nn.RNN)),
-    "adam": ((row_adam.adam_rows, row_adam.catch_up, row_adam.catch_up_all, row_adam._merge_rows),
+    "adam": ((row_adam.adam_rows, row_adam._stale_rows, row_adam._bring_up, row_adam._merge_rows),
              lambda: optimizers.warm_up(lazy=False)),
     "lazy_adam": ((row_adam._merge_rows,), lambda: optimizers.warm_up(lazy=True)),
 }

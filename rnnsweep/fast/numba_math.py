@@ -40,6 +40,14 @@ def sqrt(typingctx, x):
 
 
 @intrinsic
+def sqrt64(typingctx, x):
+    """`sqrt` for float64."""
+    def codegen(context, builder, signature, args):
+        return builder.call(builder.module.declare_intrinsic("llvm.sqrt", [ir.DoubleType()]), args)
+    return types.float64(types.float64), codegen
+
+
+@intrinsic
 def _bits_as_float(typingctx, bits):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.FloatType())

@@ -19,7 +19,7 @@ from collections import OrderedDict, defaultdict
 import numpy as np
 import torch
 
-from .row_adam import adam_rows, bias_corrections, catch_up, catch_up_all, gradient_rows
+from .row_adam import Steps, adam_rows, catch_up, catch_up_all, gradient_rows
 
 
 class FastOptimizer(torch.optim.Optimizer):
@@ -317,10 +317,9 @@ class DeferredAdam(AdamMoments):
         # Per row: the step whose update it already has.
         self.current = [np.zeros(w.shape[0], dtype=np.int64) for w in self.weights]
         self._slots = [np.full(w.shape[0], -1, dtype=np.int64) for w in self.weights]
-        self._bc1, self._bc2_sqrt = bias_corrections(b1, b2, 1024)
-        # Per step number (index s; 0 unused): the learning rate step s used. A schedule may
-        # change it every step; a row's missed steps are replayed at the rates they had.
-        self._lrs = np.zeros(len(self._bc1))
+        # Per step: its learning rate (a schedule may change it every step; a row's missed steps
+        # are replayed at the rates they had) and what the replays derive from it.
+        self.steps = Steps(b1, b2)
         for i, emb in enumerate(embeddings):
             # The newest optimizer owns the table: hooks an earlier one left behind do nothing.
             emb._deferred_adam = self
@@ -329,17 +328,7 @@ class DeferredAdam(AdamMoments):
 
     def _scalars(self) -> tuple:
         g = self.sparse_group
-        b1, b2 = g["betas"]
-        # The early stop relies on updates that shrink from step to step: true when beta1 < sqrt(beta2).
-        return self._lrs, self._bc1, self._bc2_sqrt, b1, b2, g["eps"], g["weight_decay"], b1 < math.sqrt(b2)
-
-    def _record_lr(self) -> None:
-        """Note the rate of step `step_count` (growing the per-step tables, as many again, when full)."""
-        if len(self._bc1) <= self.step_count:
-            b1, b2 = self.sparse_group["betas"]
-            self._bc1, self._bc2_sqrt = bias_corrections(b1, b2, max(2 * len(self._bc1), self.step_count + 1))
-            self._lrs = np.concatenate([self._lrs, np.zeros(len(self._bc1) - len(self._lrs))])
-        self._lrs[self.step_count] = self.sparse_group["lr"]
+        return self.steps.scalars(g["eps"], g["weight_decay"])
 
     def _arrays(self, i: int) -> tuple:
         return self.weights[i].detach().numpy(), self.exp_avg[i].numpy(), self.exp_avg_sq[i].numpy(), self.current[i]
@@ -356,6 +345,7 @@ class DeferredAdam(AdamMoments):
         if self.step_count:
             for i in range(len(self.weights)):
                 catch_up_all(*self._arrays(i), self.step_count, *self._scalars())
+            self.steps.forget(self.step_count)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for w in self.weights:
@@ -366,13 +356,15 @@ class DeferredAdam(AdamMoments):
     @torch.no_grad()
     def step(self, closure=None):
         self.step_count += 1
-        self._record_lr()
+        self.steps.record(self.step_count, self.sparse_group["lr"], self.sparse_group["weight_decay"])
         for i, w in enumerate(self.weights):
             if w.grad is None:
                 continue
             if not w.grad.is_sparse:
                 raise ValueError("deferred Adam needs nn.Embedding(sparse=True)")
             rows, values = gradient_rows(w.grad, self._slots[i])
+            # Rows the forward pass did not read (a gradient set by hand) first catch up.
+            catch_up(*self._arrays(i), rows, self.step_count - 1, *self._scalars())
             adam_rows(*self._arrays(i), rows, values, self.step_count, *self._scalars())
         if self.dense:
             self.dense.step()
@@ -387,6 +379,7 @@ class DeferredAdam(AdamMoments):
         self._load_moments(state)
         for current in self.current:
             current.fill(self.step_count)
+        self.steps.forget(self.step_count)
         if self.dense:
             self.dense.load_state_dict(state["dense"])
 
