@@ -128,7 +128,7 @@ def torch_idle_steps(p0, m0, v0, s0, s1, lr_at, betas, wd, dtype):
 @pytest.mark.parametrize("wd", [0.0, 0.05], ids=["adam", "adamw"])
 def test_a_rows_missed_steps_in_closed_form_are_float64_adam_rounded_once(betas, wd):
     """Rows idle for a few steps, for up to the horizon, beyond it, and since step 0, under a
-    cosine schedule: where sqrt(v) is well above eps (the series), the weight is float64 Adam's
+    cosine schedule: where sqrt(v) is well above or well below eps (the series), the weight is float64 Adam's
     rounded once; near eps, and over a few steps (step by step in float32), within a few ulps of
     torch's own float32 error; the moments decay as Adam's."""
     import math
@@ -153,10 +153,12 @@ def test_a_rows_missed_steps_in_closed_form_are_float64_adam_rounded_once(betas,
         ours = torch.from_numpy(p[0]).double()
         ulp = torch.from_numpy(np.spacing(np.abs(p[0]))).double()
         # The series serves rows idle for more than a few steps (fewer are cheaper step by step).
-        series = (np.sqrt(v0.astype(np.float64)) > 2.5e-7) & (s1 - s0 >= row_adam._FEW_STEPS)
+        x = np.sqrt(v0.astype(np.float64))
+        series = ((x > 2.5e-7) | (x < 1e-11)) & (s1 - s0 >= row_adam._FEW_STEPS)
         assert ((ours - truth).abs()[series] <= 0.5 * ulp[series]).all(), (s0, s1)
-        # Step by step, float32 rounds each step as torch's does, not in the same places.
-        assert ((ours - truth).abs() <= (theirs - truth).abs() + 8 * ulp).all(), (s0, s1)
+        # Step by step, float32 rounds each step as torch's does, not in the same places, and the
+        # replay stops once every update rounds away (what float32 Adam drops, to a few ulps).
+        assert ((ours - truth).abs() <= (theirs - truth).abs() + 16 * ulp).all(), (s0, s1)
         for mine, exact in ((m[0], truth_m), (v[0], truth_v)):
             # At most one float32 rounding per step (the series rounds once); the moments of long
             # idle rows reach float32's subnormals, whose steps are absolute.

@@ -14,15 +14,16 @@ decay (m_t = b1^j m, v_t = b2^j v, j = t - s0), and the weight moves by
                                     g_t = b2^(j/2) / sqrt(1 - b2^t)
 
 (D_t: AdamW's decay of the weight over the steps after t). Expanding 1 / (x g + eps) in powers
-of eps / (x g) turns that into sum_n (-eps)^n x^-(n+1) S_n, where the S_n are sums over the steps
-alone: the same for every row that last moved at step s0. So one short recurrence per call gives
-S_n for every recent s0, a row costs a few operations per element instead of one Adam step per
-missed step, and the result is Adam's in float64, rounded once (`replay`, `sums_since`). The
-terms fall by about b1 / sqrt(b2) a step, so a row idle for longer than `horizon` steps takes
-its last `horizon` steps' sums (kept per s0, `settled`) and the pure decay after them. Elements
-whose second moment is so small that eps dominates (the series would converge slowly) are summed
-step by step in float64 instead; betas with b1 >= sqrt(b2), whose updates do not shrink, are
-replayed step by step in float32, as torch's single-tensor Adam computes them (`_replay_steps`).
+of eps / (x g) where x is well above eps, or of x g / eps where it is well below, turns that into
+sums over the steps alone (`sums_since`), the same for every row that last moved at step s0. One
+short recurrence per call gives them for every recent s0; a row then costs a few operations per
+element instead of one Adam step per missed step, and the result is Adam's in float64, rounded
+once (`replay`). The terms fall by about b1 / sqrt(b2) a step, so a row idle for longer than
+`horizon` steps takes its last `horizon` steps' sums (kept per s0, `settled`) and the pure
+decay after them. Elements whose x g is within a factor of two of eps (where neither series
+converges fast), rows idle for a few steps (cheaper so), and betas with b1 >= sqrt(b2), whose
+updates do not shrink, are replayed step by step in float32 as torch's single-tensor Adam
+computes them (`_steps`), stopping once float32 rounds every update away.
 
 The loops are compiled by numba (see numba_math): they run over a few hundred rows per step,
 element by element, which is exactly what Python and whole-tensor torch ops are bad at. Rows are
@@ -51,6 +52,7 @@ _CHECK_EVERY = 8
 # times eps / g (the ratio below 1/2), where the terms left out are below 2^-32 of the sum.
 N_TERMS = 32
 _SERIES_LIMIT = 2.0
+SUMS = 2 * N_TERMS  # the S_n, then the P_n (see sums_since); the decay after them
 # Columns of the per-step table (Steps.table): lr_t / (1 - b1^t), sqrt(1 - b2^t), AdamW's decay
 # factor 1 - lr_t wd, and the sum of log(decay) up to t.
 GAIN, Q, DECAY, LOG_DECAY = 0, 1, 2, 3
@@ -90,17 +92,22 @@ class Steps:
     """What deferred Adam keeps per step number s (index s; 0 unused) to replay the steps a row
     missed: the learning rate each step used (a schedule may change it every step), torch's
     rounded bias corrections for the step-by-step replay, the float64 table of the closed form,
-    and the settled sums of the steps since every row was last current (row s0 - settled_base,
-    filled as rows go idle, NaN until then; `forget` drops the older ones, so they take memory for
-    one epoch's steps, not a run's). Grows as many again when full."""
+    and, for the steps since every row was last current (row s - settled_base), the powers of
+    sqrt(1 - b2^s) the sums take and the settled sums (filled as rows go idle, NaN until then);
+    `forget` drops the older ones, so those take memory for one epoch's steps, not a run's. Grows
+    as many again when full."""
 
     def __init__(self, b1: float, b2: float, capacity: int = 1024):
         self.b1, self.b2 = b1, b2
         self.horizon = horizon(b1, b2)
+        self.work = np.empty((2, self.horizon + 1, SUMS + 1))  # see _prepare
         self.lrs = np.zeros(0)
         self.table = np.zeros((0, 4))
-        self.settled = np.zeros((0, N_TERMS + 1))
+        self.settled = np.zeros((0, SUMS + 1))
+        self.powers = np.zeros((0, SUMS))
         self.settled_base = 0
+        # q^(n+1) for the S_n, q^-n for the P_n (see sums_since)
+        self._exponents = np.concatenate([np.arange(1, N_TERMS + 1), -np.arange(N_TERMS)]).astype(np.float64)
         self.last = 0  # the highest step recorded
         self._grow(capacity)
 
@@ -112,12 +119,14 @@ class Steps:
         if len(self.table) and not self.table[0, DECAY]:
             self.table[0] = (0.0, 0.0, 1.0, 0.0)
         more = size - self.settled_base - len(self.settled)
-        self.settled = np.concatenate([self.settled, np.full((more, N_TERMS + 1), np.nan)])
+        self.settled = np.concatenate([self.settled, np.full((more, SUMS + 1), np.nan)])
+        self.powers = np.concatenate([self.powers, np.zeros((more, SUMS))])
 
     def forget(self, step: int) -> None:
         """Every row is current at `step`: no replay starts before it again."""
         self.settled_base = step
-        self.settled = np.full((max(len(self.table) - step, 0), N_TERMS + 1), np.nan)
+        self.settled = np.full((max(len(self.table) - step, 0), SUMS + 1), np.nan)
+        self.powers = np.zeros((len(self.settled), SUMS))
 
     def record(self, step: int, lr: float, weight_decay: float) -> None:
         """Step `step` used rate `lr` (and AdamW's `weight_decay`)."""
@@ -130,15 +139,15 @@ class Steps:
         decay = 1.0 - lr * weight_decay
         if decay <= 0.0:  # a decay that flips the weight's sign has no logarithm: step by step from now on
             self.horizon = 0
-        self.table[step] = (lr / self.bc1[step], math.sqrt(1.0 - self.b2 ** float(step)), decay,
+        q = math.sqrt(1.0 - self.b2 ** float(step))
+        self.table[step] = (lr / self.bc1[step], q, decay,
                             self.table[step - 1, LOG_DECAY] + math.log(decay) if decay > 0.0 else 0.0)
+        np.power(q, self._exponents, out=self.powers[step - self.settled_base])
 
     def scalars(self, eps: float, weight_decay: float, closed_form: bool = True) -> tuple:
         """The arguments the loops below take after the step number."""
-        return (self.lrs, self.bc1, self.bc2_sqrt, self.table, self.settled, self.settled_base, self.b1, self.b2,
-                float(eps),
-                float(weight_decay),
-                self.horizon if closed_form else 0, self.b1 < math.sqrt(self.b2))
+        return (self.lrs, self.bc1, self.bc2_sqrt, self.table, self.powers, self.settled, self.settled_base,
+                self.work, self.b1, self.b2, float(eps), float(weight_decay), self.horizon if closed_form else 0, self.b1 < math.sqrt(self.b2))
 
 
 @_inline
@@ -221,50 +230,53 @@ def _decay_over(lrs, wd, first, last):
 
 
 @_jit
-def sums_since(table, s1, gaps, b1, b2, out):
-    """For a row that last moved at s0 = s1 - g, for g = 1..`gaps`: out[g, n] = S_n, the sum over the
-    steps t = s0+1..s1 of lr_t / (1 - b1^t) b1^j D_t h_t^(n+1), with j = t - s0,
-    h_t = sqrt(1 - b2^t) / b2^(j/2) and D_t the weight's decay over steps t+1..s1; and
-    out[g, N_TERMS] = the decay over s0+1..s1. One backward pass serves every g:
-    S_n(s0) = rho_n (A_n(s0+1) D_(s0+1) + S_n(s0+1)), rho_n = b1 / b2^((n+1)/2)."""
-    rho = np.empty(N_TERMS)
+def sums_since(table, powers, base, s1, gaps, b1, b2, out):
+    """For a row that last moved at s0 = s1 - g, for g = 1..`gaps`, the sums over its missed steps
+    t = s0+1..s1 (j = t - s0) of c_t = lr_t / (1 - b1^t) b1^j D_t (D_t: the weight's decay over
+    steps t+1..s1) times a power of g_t = b2^(j/2) / sqrt(1 - b2^t):
+    out[g, n] = S_n = sum c_t g_t^-(n+1) and out[g, N_TERMS + n] = P_n = sum c_t g_t^n, for n below
+    N_TERMS; out[g, SUMS] = the decay over s0+1..s1. One backward pass serves every g:
+    S_n(s0) = rho_n (c-part of step s0+1 + S_n(s0+1)), each power a geometric factor in j; the
+    powers of sqrt(1 - b2^t) come from `powers` (row t - base), so the pass vectorizes over n."""
+    rho = np.empty(SUMS)
     for n in range(N_TERMS):
         rho[n] = b1 * b2 ** (-(n + 1) / 2.0)
-    sums = np.zeros(N_TERMS)
+        rho[N_TERMS + n] = b1 * b2 ** (n / 2.0)
+    sums = np.zeros(SUMS)
     decay = 1.0  # D_t of the step being added
-    for n in range(N_TERMS):
+    for n in range(SUMS):
         out[0, n] = 0.0
-    out[0, N_TERMS] = 1.0
+    out[0, SUMS] = 1.0
     for g in range(1, gaps + 1):
         t = s1 - g + 1
         a = table[t, GAIN] * decay
-        q = table[t, Q]
-        power = q
-        for n in range(N_TERMS):
-            sums[n] = rho[n] * (a * power + sums[n])
-            power *= q
+        power = powers[t - base]
+        for n in range(SUMS):
+            sums[n] = rho[n] * (a * power[n] + sums[n])
         decay *= table[t, DECAY]
-        for n in range(N_TERMS):
+        for n in range(SUMS):
             out[g, n] = sums[n]
-        out[g, N_TERMS] = decay
+        out[g, SUMS] = decay
 
 
 @_jit
-def _settle(table, settled, base, s0, horizon, b1, b2, scratch):
+def _settle(table, powers, settled, base, s0, horizon, b1, b2, scratch):
     """settled[s0 - base] = the sums of a row that last moved at s0, over its next `horizon` steps: all
     that a longer idle stretch adds to them is below 2^-52 of the first step's term."""
     if np.isnan(settled[s0 - base, 0]):
-        sums_since(table, s0 + horizon, horizon, b1, b2, scratch)
+        sums_since(table, powers, base, s0 + horizon, horizon, b1, b2, scratch)
         settled[s0 - base, :] = scratch[horizon, :]
 
 
 @_jit
 def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, bc2s, b1, b2, eps, wd):
-    """Row `r`, last moved at step s0, brought to step s1 (no gradient in between) in closed form:
-    every element's weight change is (m/x) sum_n (-eps/x)^n S_n with x = sqrt(v), the S_n of
-    `recent` (this s1's sums, by gap) or, after `horizon` idle steps, of `settled` times the decay
-    since; the moments decay by b1^gap and b2^gap. Computed in float64, rounded once. Elements
-    whose x is within a few eps (the series would not converge) are replayed step by step."""
+    """Row `r`, last moved at step s0, brought to step s1 (no gradient in between) in closed form,
+    from the sums of `recent` (this s1's, by gap) or, after `horizon` idle steps, of `settled`
+    times the decay since. With x = sqrt(v), an element's weight changes by
+    (m / x) sum_n (-eps / x)^n S_n where x is well above eps / g_t, or by (m / eps) sum_n (-x / eps)^n P_n
+    where it is well below; the moments decay by b1^gap and b2^gap. Computed in float64, rounded
+    once. Elements in between (x g_t within a factor of _SERIES_LIMIT of eps, where neither series
+    converges fast) are replayed step by step."""
     pr, mr, vr = p[r], m[r], v[r]
     gap = s1 - s0
     if gap < horizon:
@@ -274,42 +286,76 @@ def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, 
         sums = settled[s0 - base]
         window = horizon
         after = math.exp(table[s1, LOG_DECAY] - table[s0 + horizon, LOG_DECAY])  # pure decay past the window
-    decay = sums[N_TERMS] * after
-    # eps / (x g_t) over the window is at most eps * widest / x (g_t >= b2^(window/2)).
-    widest = _SERIES_LIMIT * eps * b2 ** (-window / 2.0)
+    decay = sums[SUMS] * after
+    # g_t falls over the window: from its first step's to its last's.
+    g_max = math.sqrt(b2) / table[s0 + 1, Q]
+    g_min = b2 ** (window / 2.0) / table[s0 + window, Q]
+    above = _SERIES_LIMIT * eps / g_min  # x above this: the first series
+    below = eps / (_SERIES_LIMIT * g_max)  # x below this: the second
     width = pr.shape[0]
     near_eps = np.empty(width, dtype=np.int64)
     k = 0
+    smallest = np.inf  # the smallest x the first series serves: it sets how many terms it needs
     for e in range(width):
-        if mr[e] != 0 and not _sqrt64(np.float64(vr[e])) > widest:
+        x = _sqrt64(np.float64(vr[e]))
+        if mr[e] != 0 and not x > above:
             near_eps[k] = e
             k += 1
+        elif mr[e] != 0 and x < smallest:
+            smallest = x
     if k:
         ps, ms, vs = np.empty(k, np.float32), np.empty(k, np.float32), np.empty(k, np.float32)
         for i in range(k):
             ps[i], ms[i], vs[i] = pr[near_eps[i]], mr[near_eps[i]], vr[near_eps[i]]
+    # Terms for a remainder below 2^-32: the ratio eps / (x g) is at most eps / (smallest g_min).
+    ratio = eps / (smallest * g_min)
+    terms = N_TERMS if ratio > 0.5 ** (32 / N_TERMS) else max(1, min(N_TERMS, int(math.ceil(-32.0 / math.log2(ratio))))) \
+        if ratio > 0.0 else 1
     fm, fv = b1 ** gap, b2 ** gap
-    for e in range(width):  # every element by the series (those near eps are redone below): vectorized
-        m0, v0 = np.float64(mr[e]), np.float64(vr[e])
+    # Every element by the first series (those near eps are redone below). Horner's rule with the
+    # elements innermost, so that the loop runs eight lanes at a time (per element it is a chain).
+    scale, y, acc = np.empty(width), np.empty(width), np.empty(width)
+    for e in range(width):
+        x = _sqrt64(np.float64(vr[e]))
+        y[e] = -eps / x
+        scale[e] = after * np.float64(mr[e]) / x if mr[e] != 0 else 0.0
+        acc[e] = sums[terms - 1]
+    for n in range(terms - 2, -1, -1):
+        sn = sums[n]
+        for e in range(width):
+            acc[e] = sn + y[e] * acc[e]
+    for e in range(width):
+        pr[e] = np.float32(np.float64(pr[e]) * decay - scale[e] * acc[e])
+        mr[e] = np.float32(np.float64(mr[e]) * fm)
+        vr[e] = np.float32(np.float64(vr[e]) * fv)
+    if k == 0:
+        return
+    steps = 0  # the elements left for the step-by-step replay, moved to the front
+    for i in range(k):
+        m0, v0 = np.float64(ms[i]), np.float64(vs[i])
         x = _sqrt64(v0)
-        y = -eps / x
-        acc = sums[N_TERMS - 1]
-        for n in range(N_TERMS - 2, -1, -1):
-            acc = sums[n] + y * acc
-        change = after * m0 / x * acc if m0 != 0.0 else 0.0
-        pr[e] = np.float32(np.float64(pr[e]) * decay - change)
-        mr[e] = np.float32(m0 * fm)
-        vr[e] = np.float32(v0 * fv)
-    if k:
-        _steps(ps, ms, vs, s0 + 1, s1, lrs, bc1, bc2s, b1, b2, eps, wd, True)
-        for i in range(k):
+        if x < below:
+            y = -x / eps
+            acc = sums[SUMS - 1]
+            for n in range(SUMS - 2, N_TERMS - 1, -1):
+                acc = sums[n] + y * acc
+            e = near_eps[i]
+            pr[e] = np.float32(np.float64(ps[i]) * decay - after * m0 / eps * acc)
+        else:
+            near_eps[steps], ps[steps], ms[steps], vs[steps] = near_eps[i], ps[i], ms[i], vs[i]
+            steps += 1
+    if steps:
+        _steps(ps[:steps], ms[:steps], vs[:steps], s0 + 1, s1, lrs, bc1, bc2s, b1, b2, eps, wd, True)
+        for i in range(steps):
             pr[near_eps[i]], mr[near_eps[i]], vr[near_eps[i]] = ps[i], ms[i], vs[i]
 
 
 @_jit
-def _prepare(table, settled, base, step, first, count, horizon, b1, b2):
+def _prepare(table, powers, settled, base, work, step, first, count, horizon, b1, b2):
     """The sums a call's replays to `step` need: this step's, for the largest gap below `horizon`
-    among the rows that start after `first[:count]`, and the settled ones of rows idle longer."""
+    among the rows that start after `first[:count]` (in work[0]), and the settled ones of rows idle
+    longer. `work` is kept between calls: a table this size, allocated per call, costs a system
+    call and fresh pages each time."""
     widest = 0
     for k in range(count):
         gap = step - first[k] + 1
@@ -317,12 +363,11 @@ def _prepare(table, settled, base, step, first, count, horizon, b1, b2):
             widest = horizon - 1
         elif gap > widest:
             widest = gap
-    recent = np.empty((widest + 1, N_TERMS + 1))
-    sums_since(table, step, widest, b1, b2, recent)
-    scratch = np.empty((horizon + 1, N_TERMS + 1))
+    recent = work[0, :widest + 1]
+    sums_since(table, powers, base, step, widest, b1, b2, recent)
     for k in range(count):
         if step - first[k] + 1 >= horizon:
-            _settle(table, settled, base, first[k] - 1, horizon, b1, b2, scratch)
+            _settle(table, powers, settled, base, first[k] - 1, horizon, b1, b2, work[1])
     return recent
 
 
@@ -344,11 +389,11 @@ def _stale_rows(current, ids, step):
 
 
 @_parallel
-def _bring_up(p, m, v, stale, first, count, step, lrs, bc1, bc2s, table, settled, base, b1, b2, eps, wd, horizon,
-              may_stop):
+def _bring_up(p, m, v, stale, first, count, step, lrs, bc1, bc2s, table, powers, settled, base, work, b1, b2, eps,
+              wd, horizon, may_stop):
     """Rows stale[:count] (distinct), each missing steps first[k]..step, brought to `step`."""
     if horizon > 0:
-        recent = _prepare(table, settled, base, step, first, count, horizon, b1, b2)
+        recent = _prepare(table, powers, settled, base, work, step, first, count, horizon, b1, b2)
         for k in prange(count):  # no two threads take the same row
             if step - first[k] < _FEW_STEPS:  # a few steps cost less one by one than the series does
                 _replay_steps(p, m, v, stale[k], first[k], step, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop)
@@ -373,8 +418,8 @@ def catch_up_all(p, m, v, current, step, *scalars):
 
 
 @_parallel
-def adam_rows(p, m, v, current, rows, grads, step, lrs, bc1, bc2s, table, settled, base, b1, b2, eps, wd, horizon,
-              may_stop):
+def adam_rows(p, m, v, current, rows, grads, step, lrs, bc1, bc2s, table, powers, settled, base, work, b1, b2, eps,
+              wd, horizon, may_stop):
     """Adam step number `step` for the rows with a gradient (each row once), after the steps they
     missed. As torch's single-tensor Adam: the step's scalars, (1 - beta) included, are computed
     in float64 and rounded once to float32; the element arithmetic is float32, in its order
