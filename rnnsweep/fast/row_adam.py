@@ -308,9 +308,8 @@ def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, 
         for i in range(k):
             ps[i], ms[i], vs[i] = pr[near_eps[i]], mr[near_eps[i]], vr[near_eps[i]]
     # Terms for a remainder below 2^-32: the ratio eps / (x g) is at most eps / (smallest g_min).
-    ratio = eps / (smallest * g_min)
-    terms = N_TERMS if ratio > 0.5 ** (32 / N_TERMS) else max(1, min(N_TERMS, int(math.ceil(-32.0 / math.log2(ratio))))) \
-        if ratio > 0.0 else 1
+    ratio = eps / (smallest * g_min)  # 0 when no element takes the first series
+    terms = 1 if ratio == 0.0 else min(N_TERMS, max(1, int(math.ceil(-32.0 / math.log2(ratio)))))
     fm, fv = b1 ** gap, b2 ** gap
     # Every element by the first series (those near eps are redone below). Horner's rule with the
     # elements innermost, so that the loop runs eight lanes at a time (per element it is a chain).
