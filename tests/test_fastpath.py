@@ -412,14 +412,14 @@ import json
 import sys
 import torch
 from rnnsweep import fast
-from rnnsweep.fast import cpu_rnn, row_adam
+from rnnsweep.fast import cpu_rnn, embedding, row_adam
 from rnnsweep.model import TextClassifier
 from rnnsweep.fast.optimizers import make_optimizer
 
 name = sys.argv[1]
-loops = [cpu_rnn._lstm_forward, cpu_rnn._lstm_backward, row_adam._merge_rows]
+loops = [cpu_rnn._lstm_forward, cpu_rnn._lstm_backward, embedding.coalesce_rows, row_adam.strictly_ascending]
 if name == "adam":
-    loops += [row_adam.adam_rows, row_adam._stale_rows, row_adam._bring_up]
+    loops += [row_adam.adam_rows, row_adam._catch_up]
 
 model = TextClassifier(50, 3, arch="lstm", embed_dim=8, hidden_dim=8, pooling="last", sparse_embedding=True)
 opt = make_optimizer(name, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, embedding_grad="deferred")

@@ -14,14 +14,15 @@ decay (m_t = b1^j m, v_t = b2^j v, j = t - s0), and the weight moves by
                                     g_t = b2^(j/2) / sqrt(1 - b2^t)
 
 (D_t: AdamW's decay of the weight over the steps after t). Expanding 1 / (x g + eps) in powers
-of eps / (x g) where x is well above eps, or of x g / eps where it is well below, turns that into
-sums over the steps alone (`sums_since`), the same for every row that last moved at step s0. One
+of eps / (x g) where x g is well above eps, or around the window's middle g_c (powers of
+x (g_t - g_c) / (eps + x g_c)) elsewhere, turns that into sums over the steps alone
+(`sums_since`), the same for every row that last moved at step s0. One
 short recurrence per call gives them for every recent s0; a row then costs a few operations per
 element instead of one Adam step per missed step, and the result is Adam's in float64, rounded
 once (`replay`). The terms fall by about b1 / sqrt(b2) a step, so a row idle for longer than
 `horizon` steps takes its last `horizon` steps' sums (kept per s0, `settled`) and the pure
-decay after them. Elements whose x g is within a factor of two of eps (where neither series
-converges fast), rows idle for a few steps (cheaper so), and betas with b1 >= sqrt(b2), whose
+decay after them. Elements whose window of g_t is too wide for the centred series to converge
+fast, rows idle for a few steps (cheaper so), and betas with b1 >= sqrt(b2), whose
 updates do not shrink, are replayed step by step in float32 as torch's single-tensor Adam
 computes them (`_steps`), stopping once float32 rounds every update away.
 
@@ -37,7 +38,7 @@ import math
 
 import numpy as np
 import torch
-from numba import prange
+from numba import get_num_threads, prange
 
 from .numba_math import INLINE_JIT as _inline
 from .numba_math import JIT as _jit
@@ -269,14 +270,17 @@ def _settle(table, powers, settled, base, s0, horizon, b1, b2, scratch):
 
 
 @_jit
-def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, bc2s, b1, b2, eps, wd):
+def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, bc2s, b1, b2, eps, wd, tmp, tmp32,
+           near_eps):
     """Row `r`, last moved at step s0, brought to step s1 (no gradient in between) in closed form,
     from the sums of `recent` (this s1's, by gap) or, after `horizon` idle steps, of `settled`
     times the decay since. With x = sqrt(v), an element's weight changes by
-    (m / x) sum_n (-eps / x)^n S_n where x is well above eps / g_t, or by (m / eps) sum_n (-x / eps)^n P_n
-    where it is well below; the moments decay by b1^gap and b2^gap. Computed in float64, rounded
-    once. Elements in between (x g_t within a factor of _SERIES_LIMIT of eps, where neither series
-    converges fast) are replayed step by step."""
+    (m / x) sum_n (-eps / x)^n S_n where x is well above eps / g_t, or otherwise by
+    (m / a) sum_n (-x / a)^n C_n with a = eps + x g_c and C_n the sums of (g_t - g_c)^n around the
+    window's middle g_c; the moments decay by b1^gap and b2^gap. Computed in float64, rounded
+    once. Elements whose centred ratio exceeds 1/2 (a window of g_t too wide) are replayed step by
+    step. `tmp` (3 x width, float64), `tmp32` (3 x width) and
+    `near_eps` (width) are the caller's scratch: an allocation per row would cost more than the row."""
     pr, mr, vr = p[r], m[r], v[r]
     gap = s1 - s0
     if gap < horizon:
@@ -291,9 +295,7 @@ def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, 
     g_max = math.sqrt(b2) / table[s0 + 1, Q]
     g_min = b2 ** (window / 2.0) / table[s0 + window, Q]
     above = _SERIES_LIMIT * eps / g_min  # x above this: the first series
-    below = eps / (_SERIES_LIMIT * g_max)  # x below this: the second
     width = pr.shape[0]
-    near_eps = np.empty(width, dtype=np.int64)
     k = 0
     smallest = np.inf  # the smallest x the first series serves: it sets how many terms it needs
     for e in range(width):
@@ -303,8 +305,8 @@ def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, 
             k += 1
         elif mr[e] != 0 and x < smallest:
             smallest = x
+    ps, ms, vs = tmp32[0, :k], tmp32[1, :k], tmp32[2, :k]
     if k:
-        ps, ms, vs = np.empty(k, np.float32), np.empty(k, np.float32), np.empty(k, np.float32)
         for i in range(k):
             ps[i], ms[i], vs[i] = pr[near_eps[i]], mr[near_eps[i]], vr[near_eps[i]]
     # Terms for a remainder below 2^-32: the ratio eps / (x g) is at most eps / (smallest g_min).
@@ -313,7 +315,7 @@ def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, 
     fm, fv = b1 ** gap, b2 ** gap
     # Every element by the first series (those near eps are redone below). Horner's rule with the
     # elements innermost, so that the loop runs eight lanes at a time (per element it is a chain).
-    scale, y, acc = np.empty(width), np.empty(width), np.empty(width)
+    scale, y, acc = tmp[0], tmp[1], tmp[2]
     for e in range(width):
         x = _sqrt64(np.float64(vr[e]))
         y[e] = -eps / x
@@ -329,17 +331,38 @@ def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, 
         vr[e] = np.float32(np.float64(vr[e]) * fv)
     if k == 0:
         return
-    steps = 0  # the elements left for the step-by-step replay, moved to the front
+    # Near eps and below it: 1 / (eps + x g_t) expanded around the window's middle gc instead,
+    # (1 / a) sum_n (-x (g_t - gc) / a)^n with a = eps + x gc. Its ratio, x |g_t - gc| / a, is below
+    # the half-width h of g_t over the window relative to gc, whatever x is, and far below it where
+    # x gc is under eps. Its sums, C_n = sum_t c_t (g_t - gc)^n, come from the P_i by the binomial
+    # theorem; their rounding grows as (2 x gc / a)^n, under 2^n ulps for the terms it takes.
+    g_mid = 0.5 * (g_max + g_min)
+    h = (g_max - g_min) / (g_max + g_min)
+    widest = 0.0  # the largest ratio among the elements the centred series takes (at most 1/2)
+    for i in range(k):
+        x = _sqrt64(np.float64(vs[i]))
+        ratio = x * h * g_mid / (eps + x * g_mid)
+        if widest < ratio <= 0.5:
+            widest = ratio
+    centred_terms = 1 if widest == 0.0 else min(N_TERMS, max(1, int(math.ceil(-32.0 / math.log2(widest)))))
+    centred = tmp[0, :centred_terms]
+    for n in range(centred_terms):
+        total, coef = 0.0, 1.0  # coef = binomial(n, i) (-gc)^(n - i), from i = n down
+        for i in range(n, -1, -1):
+            total += coef * sums[N_TERMS + i]
+            coef *= -g_mid * i / (n - i + 1)
+        centred[n] = total
+    steps = 0  # the elements left for the step-by-step replay (a window too wide), moved to the front
     for i in range(k):
         m0, v0 = np.float64(ms[i]), np.float64(vs[i])
         x = _sqrt64(v0)
-        if x < below:
-            y = -x / eps
-            acc = sums[SUMS - 1]
-            for n in range(SUMS - 2, N_TERMS - 1, -1):
-                acc = sums[n] + y * acc
-            e = near_eps[i]
-            pr[e] = np.float32(np.float64(ps[i]) * decay - after * m0 / eps * acc)
+        a = eps + x * g_mid
+        if x * h * g_mid / a <= 0.5:
+            w = -x / a
+            total = centred[centred_terms - 1]
+            for n in range(centred_terms - 2, -1, -1):
+                total = centred[n] + w * total
+            pr[near_eps[i]] = np.float32(np.float64(ps[i]) * decay - after * m0 / a * total)
         else:
             near_eps[steps], ps[steps], ms[steps], vs[steps] = near_eps[i], ps[i], ms[i], vs[i]
             steps += 1
@@ -362,8 +385,14 @@ def _prepare(table, powers, settled, base, work, step, first, count, horizon, b1
             widest = horizon - 1
         elif gap > widest:
             widest = gap
-    recent = work[0, :widest + 1]
-    sums_since(table, powers, base, step, widest, b1, b2, recent)
+    # One row further, the same pass gives the settled sums of the step `horizon` steps back
+    # (bit for bit what _settle computes): one pass a call instead of one more for each step that
+    # goes past the horizon.
+    settles = step - horizon >= base and np.isnan(settled[step - horizon - base, 0])
+    recent = work[0, :horizon + 1]
+    sums_since(table, powers, base, step, horizon if settles else widest, b1, b2, recent)
+    if settles:
+        settled[step - horizon - base, :] = recent[horizon, :]
     for k in range(count):
         if step - first[k] + 1 >= horizon:
             _settle(table, powers, settled, base, first[k] - 1, horizon, b1, b2, work[1])
@@ -387,28 +416,50 @@ def _stale_rows(current, ids, step):
     return stale, first, k
 
 
+@_inline
+def _at_rest(mr, vr):
+    """Whether both moments of a row are zero (a row that never had a gradient): then Adam's steps
+    without a gradient leave it exactly as it is, apart from AdamW's decay."""
+    for e in range(mr.shape[0]):
+        if mr[e] != 0 or vr[e] != 0:
+            return False
+    return True
+
+
 @_parallel
-def _bring_up(p, m, v, stale, first, count, step, lrs, bc1, bc2s, table, powers, settled, base, work, b1, b2, eps,
+def _catch_up(p, m, v, current, ids, threads, step, lrs, bc1, bc2s, table, powers, settled, base, work, b1, b2, eps,
               wd, horizon, may_stop):
-    """Rows stale[:count] (distinct), each missing steps first[k]..step, brought to `step`."""
+    """The rows named in `ids` (repeats allowed) that are behind, brought to `step`, split over
+    `threads` (numba's thread count: each share of the rows has its own scratch). One compiled
+    call: a batch's catch-up runs once per step, where each call's own cost shows."""
+    stale, first, count = _stale_rows(current, ids, step)
+    if count == 0:
+        return
+    shares = max(1, min(threads, count))
     if horizon > 0:
         recent = _prepare(table, powers, settled, base, work, step, first, count, horizon, b1, b2)
-        for k in prange(count):  # no two threads take the same row
-            if step - first[k] < _FEW_STEPS:  # a few steps cost less one by one than the series does
-                _replay_steps(p, m, v, stale[k], first[k], step, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop)
-            else:
-                replay(p, m, v, stale[k], first[k] - 1, step, table, recent, settled, base, horizon, lrs, bc1,
-                       bc2s, b1, b2, eps, wd)
+        # One share of the rows per thread, each with its own scratch (no two threads take the same row).
+        width = p.shape[1]
+        tmp, tmp32 = np.empty((shares, 3, width)), np.empty((shares, 3, width), np.float32)
+        near_eps = np.empty((shares, width), np.int64)
+        for share in prange(shares):
+            for k in range(share * count // shares, (share + 1) * count // shares):
+                if wd == 0.0 and _at_rest(m[stale[k]], v[stale[k]]):
+                    continue
+                if step - first[k] < _FEW_STEPS:  # a few steps cost less one by one than the series does
+                    _replay_steps(p, m, v, stale[k], first[k], step, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop)
+                else:
+                    replay(p, m, v, stale[k], first[k] - 1, step, table, recent, settled, base, horizon, lrs, bc1,
+                           bc2s, b1, b2, eps, wd, tmp[share], tmp32[share], near_eps[share])
     else:
         for k in prange(count):
-            _replay_steps(p, m, v, stale[k], first[k], step, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop)
+            if not (wd == 0.0 and _at_rest(m[stale[k]], v[stale[k]])):
+                _replay_steps(p, m, v, stale[k], first[k], step, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop)
 
 
 def catch_up(p, m, v, current, ids, step, *scalars):
     """Bring every row named in `ids` (repeats allowed) up to `step`."""
-    stale, first, count = _stale_rows(current, ids, step)
-    if count:
-        _bring_up(p, m, v, stale, first, count, step, *scalars)
+    _catch_up(p, m, v, current, ids, get_num_threads(), step, *scalars)
 
 
 def catch_up_all(p, m, v, current, step, *scalars):
@@ -465,7 +516,20 @@ def _merge_rows(ids, values, slot):
     return rows[:k], sums[:k]
 
 
+@_jit
+def strictly_ascending(ids):
+    for i in range(1, ids.shape[0]):
+        if ids[i] <= ids[i - 1]:
+            return False
+    return True
+
+
 def gradient_rows(grad: torch.Tensor, slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, summed values) of a float32 CPU sparse gradient. An embedding's backward leaves one
-    entry per looked-up token; coalescing them costs a sort, a third of a small model's optimizer step."""
+    """(rows, summed values) of a float32 CPU sparse gradient. torch's embedding backward leaves one
+    entry per looked-up token; coalescing them costs a sort, a third of a small model's optimizer
+    step. rnnsweep's embedding (embedding.py) hands over its rows summed and ascending already
+    (autograd's accumulation drops the coalesced flag, hence the check)."""
+    ids = grad._indices()[0].numpy()
+    if grad.is_coalesced() or strictly_ascending(ids):
+        return ids, grad._values().contiguous().numpy()
     return _merge_rows(grad._indices()[0].numpy(), grad._values().contiguous().numpy(), slot)
