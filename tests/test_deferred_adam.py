@@ -328,3 +328,29 @@ def test_deferred_adam_split_over_threads_gives_the_one_thread_table_bit_for_bit
         cpu_rnn.set_threads(torch.get_num_threads())
     for one, two in zip(*tables):
         assert torch.equal(one, two)
+
+
+def test_the_closed_forms_scratch_holds_the_centred_series_on_narrow_tables():
+    """The centred series keeps up to N_TERMS sums in the replay's float64 scratch: on a table
+    narrower than that (embed_dim 4), a scratch the width of a row would be written past its end.
+    The catch-up sizes it to both; a scratch too narrow is refused, not overrun."""
+    from rnnsweep.fast import row_adam
+
+    steps = row_adam.Steps(0.9, 0.999, capacity=16)
+    for t in range(1, 301):
+        steps.record(t, 1e-3, 0.0)
+    grads = np.array([1e-8, 3e-8, -2e-8, 1e-2])  # near eps, and one well above it
+    p0 = np.linspace(-0.5, 0.5, 4).astype(np.float32)
+    m0, v0 = (grads * 0.1).astype(np.float32), (grads ** 2 * 1e-3).astype(np.float32)
+    p, m, v = p0[None].copy(), m0[None].copy(), v0[None].copy()
+    row_adam.catch_up(p, m, v, np.array([5]), np.array([0]), 300, *steps.scalars(1e-8, 0.0))
+    truth = torch_idle_steps(p0, m0, v0, 5, 300, lambda t: 1e-3, (0.9, 0.999), 0.0, torch.float64)[0]
+    ulp = torch.from_numpy(np.spacing(np.abs(p[0]))).double()
+    assert ((torch.from_numpy(p[0]).double() - truth).abs() <= 0.5 * ulp).all()
+
+    lrs, bc1, bc2s, table, powers, settled, base, work, b1, b2, eps, wd, horizon, _ = steps.scalars(1e-8, 0.0)
+    recent = row_adam._prepare(table, powers, settled, base, work, 300, np.array([6]), 1, horizon, b1, b2)
+    p, m, v = p0[None].copy(), m0[None].copy(), v0[None].copy()
+    with pytest.raises(ValueError, match="scratch narrower"):
+        row_adam.replay(p, m, v, 0, 5, 300, table, recent, settled, base, horizon, lrs, bc1, bc2s, b1, b2, eps, wd,
+                        np.empty((3, 4)), np.empty((3, 4), np.float32), np.empty(4, np.int64))

@@ -279,8 +279,8 @@ def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, 
     (m / a) sum_n (-x / a)^n C_n with a = eps + x g_c and C_n the sums of (g_t - g_c)^n around the
     window's middle g_c; the moments decay by b1^gap and b2^gap. Computed in float64, rounded
     once. Elements whose centred ratio exceeds 1/2 (a window of g_t too wide) are replayed step by
-    step. `tmp` (3 x width, float64), `tmp32` (3 x width) and
-    `near_eps` (width) are the caller's scratch: an allocation per row would cost more than the row."""
+    step. `tmp` (3 x max(width, N_TERMS), float64), `tmp32` (3 x width) and `near_eps` (width) are
+    the caller's scratch: an allocation per row would cost more than the row."""
     pr, mr, vr = p[r], m[r], v[r]
     gap = s1 - s0
     if gap < horizon:
@@ -345,6 +345,8 @@ def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, 
         if widest < ratio <= 0.5:
             widest = ratio
     centred_terms = 1 if widest == 0.0 else min(N_TERMS, max(1, int(math.ceil(-32.0 / math.log2(widest)))))
+    if tmp.shape[1] < N_TERMS:
+        raise ValueError("replay: scratch narrower than N_TERMS")
     centred = tmp[0, :centred_terms]
     for n in range(centred_terms):
         total, coef = 0.0, 1.0  # coef = binomial(n, i) (-gc)^(n - i), from i = n down
@@ -440,7 +442,7 @@ def _catch_up(p, m, v, current, ids, threads, step, lrs, bc1, bc2s, table, power
         recent = _prepare(table, powers, settled, base, work, step, first, count, horizon, b1, b2)
         # One share of the rows per thread, each with its own scratch (no two threads take the same row).
         width = p.shape[1]
-        tmp, tmp32 = np.empty((shares, 3, width)), np.empty((shares, 3, width), np.float32)
+        tmp, tmp32 = np.empty((shares, 3, max(width, N_TERMS))), np.empty((shares, 3, width), np.float32)
         near_eps = np.empty((shares, width), np.int64)
         for share in prange(shares):
             for k in range(share * count // shares, (share + 1) * count // shares):
