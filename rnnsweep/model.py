@@ -93,7 +93,7 @@ class TextClassifier(nn.Module):
         self.bidirectional, self.num_layers = bidirectional, num_layers
         self.dropout = dropout
         # Sparse gradients: a step touches only the rows of the batch's tokens (optimizer=sparse_adam).
-        self.embedding = fast.Embedding(vocab_size, embed_dim, padding_idx=pad_id, sparse=sparse_embedding)
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id, sparse=sparse_embedding)
         if embed_init == "shifted_normal":
             with torch.no_grad():  # the lesson's LSTM: randn - 0.5, padding row included
                 self.embedding.weight.copy_(torch.randn_like(self.embedding.weight) - 0.5)

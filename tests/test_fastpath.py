@@ -412,12 +412,12 @@ import json
 import sys
 import torch
 from rnnsweep import fast
-from rnnsweep.fast import cpu_rnn, embedding, row_adam
+from rnnsweep.fast import cpu_rnn, row_adam
 from rnnsweep.model import TextClassifier
 from rnnsweep.fast.optimizers import make_optimizer
 
 name = sys.argv[1]
-loops = [cpu_rnn._lstm_forward, cpu_rnn._lstm_backward, embedding.coalesce_rows, row_adam.strictly_ascending]
+loops = [cpu_rnn._lstm_forward, cpu_rnn._lstm_backward, row_adam._merge_rows]
 if name == "adam":
     loops += [row_adam.adam_rows, row_adam._catch_up]
 

@@ -7,7 +7,6 @@ rest of rnnsweep. The training loop knows none of it: it gets a `torch.optim.Opt
 - `embedding_grad`: how the embedding's gradient reaches the optimizer, decided once per run; the
   model (sparse embedding or not) and the optimizer are both built from that one answer.
 - `make_optimizer`: torch's optimizers, or ours (optimizers.py), for a model.
-- `Embedding`: nn.Embedding whose sparse gradient leaves the backward coalesced (embedding.py).
 - `layer`, `applies`, `WEIGHTS`: one compiled RNN/GRU/LSTM layer (cpu_rnn.py), for the model.
 - `warm_up`, `set_threads`: compile (or load) the loops before training; their thread count.
 - `ThreadGovernor`: trains on all the run's threads or on one, whichever is faster right now.
@@ -20,12 +19,11 @@ from typing import Callable
 import torch
 
 from .cpu_rnn import WEIGHTS, applies, kind_of, layer, set_threads
-from .embedding import Embedding
 from .optimizers import DeferredAdam, LazyAdam, make_optimizer
 from .threads import ThreadGovernor
 
-__all__ = ["WEIGHTS", "Embedding", "ThreadGovernor", "applies", "embedding_grad", "layer", "make_optimizer",
-           "pending_work", "set_threads", "warm_up"]
+__all__ = ["WEIGHTS", "ThreadGovernor", "applies", "embedding_grad", "layer", "make_optimizer", "pending_work",
+           "set_threads", "warm_up"]
 
 
 def embedding_grad(optimizer: str, choice: str | None, weight_decay: float, device: torch.device) -> str:
@@ -56,8 +54,6 @@ def warm_up(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, compile
     parallel (compile.prepare). `compiled_layers`: the model runs `layer`; `sweep`: other jobs
     follow, which may need the other layers' loops: a cold cache compiles them too, side by side."""
     groups = sorted({kind_of(m) for m in model.modules() if kind_of(m) is not None}) if compiled_layers else []
-    if any(isinstance(m, Embedding) and m.sparse and m.weight.requires_grad for m in model.modules()):
-        groups.append("embedding")
     if isinstance(optimizer, DeferredAdam):
         groups.append("adam")
     elif isinstance(optimizer, LazyAdam):

@@ -389,8 +389,6 @@ def warm_up(lazy: bool) -> None:
     """A few steps of deferred Adam (or, `lazy`, of sparse_adam's row loop) on a tiny table, so that
     numba compiles or loads its loops here rather than inside a run's timed epoch."""
     with torch.random.fork_rng(devices=[]):  # the run's own random stream stays where it was
-        # torch's own embedding: its gradient's repeated rows take the merge loop (rnnsweep's
-        # embedding hands its rows merged; embedding.warm_up readies that one)
         table = torch.nn.Embedding(4, 2, sparse=True)
     if lazy:
         opt = RowAdam(list(table.parameters()), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)

@@ -518,20 +518,7 @@ def _merge_rows(ids, values, slot):
     return rows[:k], sums[:k]
 
 
-@_jit
-def strictly_ascending(ids):
-    for i in range(1, ids.shape[0]):
-        if ids[i] <= ids[i - 1]:
-            return False
-    return True
-
-
 def gradient_rows(grad: torch.Tensor, slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, summed values) of a float32 CPU sparse gradient. torch's embedding backward leaves one
-    entry per looked-up token; coalescing them costs a sort, a third of a small model's optimizer
-    step. rnnsweep's embedding (embedding.py) hands over its rows summed and ascending already
-    (autograd's accumulation drops the coalesced flag, hence the check)."""
-    ids = grad._indices()[0].numpy()
-    if grad.is_coalesced() or strictly_ascending(ids):
-        return ids, grad._values().contiguous().numpy()
+    """(rows, summed values) of a float32 CPU sparse gradient. An embedding's backward leaves one
+    entry per looked-up token; coalescing them costs a sort, a third of a small model's optimizer step."""
     return _merge_rows(grad._indices()[0].numpy(), grad._values().contiguous().numpy(), slot)
