@@ -13,7 +13,7 @@ SWEEP  ?= $(DEMO_SWEEP)
 
 RAY_VENV ?= .venv-ray
 
-.PHONY: venv run test test-fast test-ray bench bench-data bench-parallel bench-contention bench-cold clean
+.PHONY: venv run test test-fast test-ray bench bench-data bench-parallel bench-contention bench-cold bench-catch-up clean
 
 venv: $(STAMP)
 
@@ -69,6 +69,10 @@ bench-contention: $(STAMP)
 # after the other, as before, or side by side) and warm; a single run and a 3-job sweep.
 bench-cold: $(STAMP)
 	$(PY) benchmarks/cold_start.py $(ARGS)
+
+# Deferred Adam's catch-up on a real run's recorded steps: closed form vs step-by-step replay.
+bench-catch-up: $(STAMP)
+	$(PY) benchmarks/catch_up.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(RAY_VENV) dist build *.egg-info .pytest_cache

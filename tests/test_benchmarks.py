@@ -52,3 +52,20 @@ def test_train_speed_refuses_an_unknown_model_before_generating_anything(tmp_pat
     assert res.returncode == 2
     assert "--models: unknown 'transformer' (choose from: rnn,lstm,gru,packed_lstm)" in res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_catch_up_benchmark_replays_a_recorded_stretch_both_ways(tmp_path):
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, str(BENCH / "agnews_like.py"), str(data), "--train", "3000", "--test", "300"],
+                   check=True, capture_output=True)
+    res = subprocess.run([sys.executable, str(BENCH / "catch_up.py"), "--data", str(data), "--warm-steps", "30",
+                          "--steps", "20", "--repeats", "1", "--threads", "1"], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
+            for line in res.stdout.splitlines() if line.startswith("| ") and not line.startswith("| catch-up")}
+    assert float(rows["step by step (reference)"][0]) > 0 and float(rows["closed form (rnnsweep)"][1]) > 0
+    assert all(re.fullmatch(r"[\d.]+x", c) for c in rows["speed of the closed form, reference = 1 (median of pairs)"])
+    assert "steps 31-50 of a real run" in res.stdout
+    assert re.search(r"differ by at most [\d.e+-]+ ", res.stdout)
