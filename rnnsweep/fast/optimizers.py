@@ -363,9 +363,10 @@ class DeferredAdam(AdamMoments):
             if not w.grad.is_sparse:
                 raise ValueError("deferred Adam needs nn.Embedding(sparse=True)")
             rows, values = gradient_rows(w.grad, self._slots[i])
+            arrays, scalars = self._arrays(i), self._scalars()
             # Rows the forward pass did not read (a gradient set by hand) first catch up.
-            catch_up(*self._arrays(i), rows, self.step_count - 1, *self._scalars())
-            adam_rows(*self._arrays(i), rows, values, self.step_count, *self._scalars())
+            catch_up(*arrays, rows, self.step_count - 1, *scalars)
+            adam_rows(*arrays, rows, values, self.step_count, *scalars)
         if self.dense:
             self.dense.step()
 
