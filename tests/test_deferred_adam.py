@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 
 import numpy as np
 import pytest
@@ -124,6 +126,26 @@ def torch_idle_steps(p0, m0, v0, s0, s1, lr_at, betas, wd, dtype):
     return p.detach().double(), opt.state[p]["exp_avg"].double(), opt.state[p]["exp_avg_sq"].double()
 
 
+def served_by_a_series(x, m0, s0, s1, betas, horizon):
+    """Which elements of a row idle from s0 to s1 (x = sqrt(v)) the closed form computes by a
+    series (float64 Adam, rounded once) rather than step by step, by replay's rules. Near eps (x
+    g_min within a factor of two of it), 1 / (eps + x g_t) is expanded around the middle of g_t's
+    range over the window, while its ratio x |g_t - g_mid| / (eps + x g_mid) is at most 1/2 and
+    the rounding its highest term carries, growth^(terms - 1), at most 2^20."""
+    from rnnsweep.fast import row_adam
+
+    window = min(s1 - s0, horizon)
+    g_first, g_last = (betas[1] ** (j / 2) / math.sqrt(1 - betas[1] ** (s0 + j)) for j in (1, window))
+    g_mid, half_width = (g_first + g_last) / 2, (g_first - g_last) / (g_first + g_last)
+    near = (x <= 2 * 1e-8 / g_last) & (m0 != 0)
+    ratio = x * half_width * g_mid / (1e-8 + x * g_mid)
+    widest = max(ratio[near & (ratio <= 0.5)], default=0.0)
+    terms = 1 if widest == 0.0 else min(row_adam.N_TERMS, max(1, math.ceil(-32 / math.log2(widest))))
+    growth = (2 + half_width) * x * g_mid / (1e-8 + x * g_mid)
+    centred = near & (ratio <= 0.5) & ((growth <= 1) | ((terms - 1) * np.log2(np.maximum(growth, 1.0)) <= 20))
+    return (~near | centred) & (s1 - s0 >= row_adam._FEW_STEPS)
+
+
 @pytest.mark.parametrize("betas", [(0.9, 0.999), (0.8, 0.99), (0.95, 0.99999), (0.0, 0.999)])
 @pytest.mark.parametrize("wd", [0.0, 0.05], ids=["adam", "adamw"])
 def test_a_rows_missed_steps_in_closed_form_are_float64_adam_rounded_once(betas, wd):
@@ -142,10 +164,14 @@ def test_a_rows_missed_steps_in_closed_form_are_float64_adam_rounded_once(betas,
     for t in range(1, 1501):
         steps.record(t, lr_at(t), wd)
     assert steps.horizon > 0
-    # From the fifth: sqrt(v) near eps or below it.
-    grads = np.array([1e-2, -3e-3, 1e-4, 1e-6, -1e-8, 1e-12, 3e-8, -2e-8, 5e-9, 1.5e-8])
-    for s0, s1 in [(137, 140), (137, 200), (5, 300), (3, 1500), (600, 1400), (0, 1000)]:
-        p0 = np.linspace(-0.7, 0.9, len(grads)).astype(np.float32)
+    # From the fourth: sqrt(v) near eps or below it (3e-7 and 2e-7: the centred series' ratio
+    # near 1/2 for rows that last moved about step 20, where its rounding grows fastest); a
+    # coordinate without a gradient beside the others (m = v = 0).
+    grads = np.array([1e-2, -3e-3, 1e-4, 1e-6, 3e-7, -2e-7, -1e-8, 1e-12, 3e-8, -2e-8, 5e-9, 1.5e-8, 0.0])
+    windows = [(137, 140), (137, 148), (137, 149), (137, 200), (5, 300), (20, 300), (3, 1500), (600, 1400), (0, 1000)]
+    # Weights at zero too: there an error is as large as the update, in ulps of the weight.
+    for (s0, s1), start in itertools.product(windows, ("spread", "zero")):
+        p0 = (np.linspace(-0.7, 0.9, len(grads)) if start == "spread" else np.zeros(len(grads))).astype(np.float32)
         m0 = (grads * (1 - betas[0]) if s0 else 0 * grads).astype(np.float32)
         v0 = (grads ** 2 * (1 - betas[1]) if s0 else 0 * grads).astype(np.float32)
         p, m, v = p0[None].copy(), m0[None].copy(), v0[None].copy()
@@ -156,14 +182,9 @@ def test_a_rows_missed_steps_in_closed_form_are_float64_adam_rounded_once(betas,
         ulp = torch.from_numpy(np.spacing(np.abs(p[0]))).double()
         # The series serves rows idle for more than a few steps (fewer are cheaper step by step).
         x = np.sqrt(v0.astype(np.float64))
-        # Near eps: 1 / (eps + x g_t) around the middle of g_t's range over the window, where its
-        # ratio x |g_t - g_mid| / (eps + x g_mid) stays at most 1/2.
-        window = min(s1 - s0, steps.horizon)
-        g_first, g_last = (betas[1] ** (j / 2) / math.sqrt(1 - betas[1] ** (s0 + j)) for j in (1, window))
-        g_mid, half_width = (g_first + g_last) / 2, (g_first - g_last) / (g_first + g_last)
-        centred = x * half_width * g_mid / (1e-8 + x * g_mid) <= 0.5
-        series = ((x > 2.5e-7) | centred) & (s1 - s0 >= row_adam._FEW_STEPS)
-        assert ((ours - truth).abs()[series] <= 0.5 * ulp[series]).all(), (s0, s1)
+        series = served_by_a_series(x, m0, s0, s1, betas, steps.horizon)
+        assert ((ours - truth).abs()[series] <= 0.5 * ulp[series]).all(), (s0, s1, start)
+        assert torch.isfinite(torch.from_numpy(p)).all()
         # Step by step, float32 rounds each step as torch's does, not in the same places, and the
         # replay stops once every update rounds away (what float32 Adam drops, to a few ulps).
         assert ((ours - truth).abs() <= (theirs - truth).abs() + 16 * ulp).all(), (s0, s1)
@@ -172,6 +193,36 @@ def test_a_rows_missed_steps_in_closed_form_are_float64_adam_rounded_once(betas,
             # idle rows reach float32's subnormals, whose steps are absolute.
             error = (torch.from_numpy(mine).double() - exact).abs()
             assert (error <= (s1 - s0) * 2**-24 * exact.abs() + 2**-144).all(), (s0, s1)
+
+
+@pytest.mark.parametrize("s0", [10, 20, 40])
+def test_the_centred_series_near_its_limits_is_float64_adam_rounded_once_or_not_used(s0):
+    """Rows that last moved early (a wide window of g_t) and whose sqrt(v) g is a few eps: where
+    the centred series' sums cancel most. Weights at zero, so that the error is the update's.
+    Where the series serves, float64 Adam rounded once (its rounding, growing with each term, held
+    below 2^-33 of the update); elsewhere step by step, within torch's own float32 error."""
+    from rnnsweep.fast import row_adam
+
+    betas, s1 = (0.9, 0.999), s0 + 300
+    steps = row_adam.Steps(*betas, capacity=16)
+    for t in range(1, s1 + 1):
+        steps.record(t, 1e-3, 0.0)
+    g_mid = 0.5 * (math.sqrt(betas[1]) / math.sqrt(1 - betas[1] ** (s0 + 1))
+                   + betas[1] ** 150 / math.sqrt(1 - betas[1] ** (s0 + 300)))
+    u = np.linspace(0.3, 8.0, 40)  # x g_mid / eps
+    v0 = ((u * 1e-8 / g_mid) ** 2).astype(np.float32)
+    m0 = (3.16 * np.sqrt(v0.astype(np.float64))).astype(np.float32)
+    p0 = np.zeros(len(u), dtype=np.float32)
+    p, m, v = p0[None].copy(), m0[None].copy(), v0[None].copy()
+    row_adam.catch_up(p, m, v, np.array([s0]), np.array([0]), s1, *steps.scalars(1e-8, 0.0))
+    truth = torch_idle_steps(p0, m0, v0, s0, s1, lambda t: 1e-3, betas, 0.0, torch.float64)[0]
+    theirs = torch_idle_steps(p0, m0, v0, s0, s1, lambda t: 1e-3, betas, 0.0, torch.float32)[0]
+    ulp = torch.from_numpy(np.spacing(np.abs(p[0]))).double()
+    error = (torch.from_numpy(p[0]).double() - truth).abs()
+    series = torch.from_numpy(served_by_a_series(np.sqrt(v0.astype(np.float64)), m0, s0, s1, betas, steps.horizon))
+    assert series.any() and not series.all()  # both kinds are here
+    assert (error[series] <= 0.5 * ulp[series]).all(), (error / ulp)[series].max()
+    assert (error <= (theirs - truth).abs() + 16 * ulp).all()
 
 
 def test_the_sums_of_long_idle_rows_are_kept_for_one_epochs_steps():
@@ -354,3 +405,15 @@ def test_the_closed_forms_scratch_holds_the_centred_series_on_narrow_tables():
     with pytest.raises(ValueError, match="scratch narrower"):
         row_adam.replay(p, m, v, 0, 5, 300, table, recent, settled, base, horizon, lrs, bc1, bc2s, b1, b2, eps, wd,
                         np.empty((3, 4)), np.empty((3, 4), np.float32), np.empty(4, np.int64))
+
+
+@pytest.mark.parametrize("bad", [V, V + 7, -1])
+def test_a_token_id_outside_the_table_is_refused_before_anything_is_written(bad):
+    """The catch-up runs before torch's lookup checks the ids, in loops that check no bounds: an
+    id past the table (or negative) would write past its arrays. It is refused, and nothing moves."""
+    emb, opt = deferred_adam(False, 0.0, 5)
+    before = (emb.weight.detach().clone(), opt.exp_avg[0].clone(), opt.current[0].copy())
+    with pytest.raises(IndexError, match="outside the embedding table"):
+        emb(torch.tensor([[3, 7, bad, 2]]))
+    assert torch.equal(emb.weight.detach(), before[0]) and torch.equal(opt.exp_avg[0], before[1])
+    assert (opt.current[0] == before[2]).all()

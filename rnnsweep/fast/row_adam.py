@@ -22,7 +22,7 @@ element instead of one Adam step per missed step, and the result is Adam's in fl
 once (`replay`). The terms fall by about b1 / sqrt(b2) a step, so a row idle for longer than
 `horizon` steps takes its last `horizon` steps' sums (kept per s0, `settled`) and the pure
 decay after them. Elements whose window of g_t is too wide for the centred series to converge
-fast, rows idle for a few steps (cheaper so), and betas with b1 >= sqrt(b2), whose
+fast and exactly, rows idle for a few steps (cheaper so), and betas with b1 >= sqrt(b2), whose
 updates do not shrink, are replayed step by step in float32 as torch's single-tensor Adam
 computes them (`_steps`), stopping once float32 rounds every update away.
 
@@ -278,8 +278,8 @@ def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, 
     (m / x) sum_n (-eps / x)^n S_n where x is well above eps / g_t, or otherwise by
     (m / a) sum_n (-x / a)^n C_n with a = eps + x g_c and C_n the sums of (g_t - g_c)^n around the
     window's middle g_c; the moments decay by b1^gap and b2^gap. Computed in float64, rounded
-    once. Elements whose centred ratio exceeds 1/2 (a window of g_t too wide) are replayed step by
-    step. `tmp` (3 x max(width, N_TERMS), float64), `tmp32` (3 x width) and `near_eps` (width) are
+    once. Elements whose centred ratio exceeds 1/2, or whose terms would carry too much rounding
+    (a window of g_t too wide), are replayed step by step. `tmp` (3 x max(width, N_TERMS), float64), `tmp32` (3 x width) and `near_eps` (width) are
     the caller's scratch: an allocation per row would cost more than the row."""
     pr, mr, vr = p[r], m[r], v[r]
     gap = s1 - s0
@@ -318,7 +318,9 @@ def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, 
     scale, y, acc = tmp[0], tmp[1], tmp[2]
     for e in range(width):
         x = _sqrt64(np.float64(vr[e]))
-        y[e] = -eps / x
+        # An element without momentum does not move (and its x may be 0: -eps / 0 would make
+        # Horner's sum infinite and the product with a zero scale NaN).
+        y[e] = -eps / x if mr[e] != 0 else 0.0
         scale[e] = after * np.float64(mr[e]) / x if mr[e] != 0 else 0.0
         acc[e] = sums[terms - 1]
     for n in range(terms - 2, -1, -1):
@@ -335,7 +337,10 @@ def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, 
     # (1 / a) sum_n (-x (g_t - gc) / a)^n with a = eps + x gc. Its ratio, x |g_t - gc| / a, is below
     # the half-width h of g_t over the window relative to gc, whatever x is, and far below it where
     # x gc is under eps. Its sums, C_n = sum_t c_t (g_t - gc)^n, come from the P_i by the binomial
-    # theorem; their rounding grows as (2 x gc / a)^n, under 2^n ulps for the terms it takes.
+    # theorem, whose terms cancel: C_n's rounding is that of sums of size ((2 + h) gc)^n, so term n
+    # carries an error of ((2 + h) x gc / a)^n float64 ulps of the update. An element whose highest
+    # term would carry more than 2^20 of them (a wide window, x gc near eps) is replayed step by
+    # step, so that what the series serves stays float64 Adam's, rounded once.
     g_mid = 0.5 * (g_max + g_min)
     h = (g_max - g_min) / (g_max + g_min)
     widest = 0.0  # the largest ratio among the elements the centred series takes (at most 1/2)
@@ -359,7 +364,8 @@ def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, 
         m0, v0 = np.float64(ms[i]), np.float64(vs[i])
         x = _sqrt64(v0)
         a = eps + x * g_mid
-        if x * h * g_mid / a <= 0.5:
+        growth = (2.0 + h) * x * g_mid / a  # of the rounding, from one term to the next
+        if x * h * g_mid / a <= 0.5 and (growth <= 1.0 or (centred_terms - 1) * math.log2(growth) <= 20.0):
             w = -x / a
             total = centred[centred_terms - 1]
             for n in range(centred_terms - 2, -1, -1):
@@ -407,6 +413,11 @@ def _stale_rows(current, ids, step):
     missed; marks them current."""
     stale = np.empty(ids.shape[0], dtype=np.int64)
     first = np.empty(ids.shape[0], dtype=np.int64)
+    # All checked before any is marked: this runs before torch's lookup checks the ids, and
+    # nothing here checks bounds.
+    for i in range(ids.shape[0]):
+        if ids[i] < 0 or ids[i] >= current.shape[0]:
+            raise IndexError("deferred Adam: a token id is outside the embedding table")
     k = 0
     for i in range(ids.shape[0]):
         r = ids[i]
@@ -448,7 +459,7 @@ def _catch_up(p, m, v, current, ids, threads, step, lrs, bc1, bc2s, table, power
             for k in range(share * count // shares, (share + 1) * count // shares):
                 if wd == 0.0 and _at_rest(m[stale[k]], v[stale[k]]):
                     continue
-                if step - first[k] < _FEW_STEPS:  # a few steps cost less one by one than the series does
+                if step - first[k] + 1 < _FEW_STEPS:  # a few steps cost less one by one than the series does
                     _replay_steps(p, m, v, stale[k], first[k], step, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop)
                 else:
                     replay(p, m, v, stale[k], first[k] - 1, step, table, recent, settled, base, horizon, lrs, bc1,
