@@ -417,3 +417,52 @@ def test_a_token_id_outside_the_table_is_refused_before_anything_is_written(bad)
         emb(torch.tensor([[3, 7, bad, 2]]))
     assert torch.equal(emb.weight.detach(), before[0]) and torch.equal(opt.exp_avg[0], before[1])
     assert (opt.current[0] == before[2]).all()
+
+
+@pytest.mark.parametrize("change", [{"betas": (0.8, 0.999)}, {"eps": 1e-6}, {"weight_decay": 0.1}])
+def test_deferred_adam_refuses_settings_changed_mid_run_that_its_replays_would_apply_to_the_past(change):
+    emb, opt = deferred_adam(True, 0.01, 3)
+    opt.param_groups[0].update(lr=3e-3)  # the rate may change: each step's is kept
+    emb.weight.grad = next(zipf_gradients(1))[1]
+    opt.step()
+    opt.param_groups[0].update(change)
+    emb.weight.grad = next(zipf_gradients(1))[1]
+    with pytest.raises(ValueError, match="fixed for a run"):
+        opt.step()
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["deferred", "sparse_adam"])
+def test_a_hand_made_gradient_naming_a_row_outside_the_table_is_refused(lazy):
+    """torch does not check a sparse tensor's indices; the row loops check no bounds: the row must
+    be refused, not written past the table or dropped."""
+    from rnnsweep.fast.optimizers import RowAdam
+
+    emb = torch.nn.Embedding(V, D, sparse=True)
+    opt = (RowAdam(list(emb.parameters()), lr=1e-2, betas=(0.9, 0.999), eps=1e-8) if lazy
+           else DeferredAdam([emb], [], lr=1e-2, betas=(0.9, 0.999), eps=1e-8))
+    before = emb.weight.detach().clone()
+    emb.weight.grad = torch.sparse_coo_tensor(torch.tensor([[1, V + 3]]), torch.ones(2, D), (V, D),
+                                              check_invariants=False)
+    with pytest.raises(IndexError, match="outside its table"):
+        opt.step()
+    assert torch.equal(emb.weight.detach(), before)
+
+
+def test_zero_grad_keeping_gradients_steps_a_parameter_missing_from_the_graph_as_torch_does():
+    """zero_grad(set_to_none=False) leaves zero gradients: a parameter the next graph does not use
+    still takes Adam's step (its moments decay, it moves), as with torch's Adam."""
+    from rnnsweep.fast.optimizers import DenseAdam
+
+    torch.manual_seed(0)
+    ours, theirs = [torch.nn.Parameter(torch.randn(5)) for _ in range(2)], None
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt = DenseAdam(ours, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False)
+    reference = torch.optim.Adam(theirs, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    for step in range(4):
+        for params, o in ((ours, opt), (theirs, reference)):
+            o.zero_grad(set_to_none=False)
+            used = params if step == 0 else params[:1]  # the second parameter only in step 0
+            sum((p ** 2).sum() for p in used).backward()
+            o.step()
+    for p, q in zip(ours, theirs):
+        assert torch.equal(p, q)

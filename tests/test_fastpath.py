@@ -479,7 +479,8 @@ def test_every_fast_optimizer_is_a_torch_optimizer_that_an_lr_scheduler_drives(n
 @pytest.mark.parametrize("scale", [1.0, 1e-3, 1e-6])
 def test_sparse_adam_is_torchs_sparse_adam_bit_for_bit(dtype, scale):
     """optimizer=sparse_adam's table takes torch.optim.SparseAdam's steps exactly: with small
-    gradients too (where Adam's and SparseAdam's formulas part), repeated rows, a changed lr."""
+    gradients too (where Adam's and SparseAdam's formulas part), repeated rows, a changed lr,
+    betas and eps."""
     torch.manual_seed(0)
     ours, theirs = (torch.nn.Embedding(50, 6, sparse=True).to(dtype) for _ in range(2))
     theirs.load_state_dict(ours.state_dict())
@@ -487,8 +488,9 @@ def test_sparse_adam_is_torchs_sparse_adam_bit_for_bit(dtype, scale):
     reference = torch.optim.SparseAdam(list(theirs.parameters()), lr=1e-2, betas=(0.8, 0.99), eps=1e-8)
     g = torch.Generator().manual_seed(1)
     for step in range(30):
-        if step == 15:
-            opt.param_groups[0]["lr"] = reference.param_groups[0]["lr"] = 3e-3
+        if step == 15:  # read at every step, as SparseAdam does (a schedule may change any of them)
+            for group in (opt.param_groups[0], reference.param_groups[0]):
+                group.update(lr=3e-3, betas=(0.85, 0.995), eps=1e-6)
         ids = torch.randint(0, 50, (2, 7), generator=g)
         ids[0, :3] = ids[1, 0]  # a row looked up several times
         weights = torch.randn(2, 7, 6, generator=g, dtype=dtype) * scale

@@ -79,7 +79,10 @@ class AdamMoments(FastOptimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
-            p.grad = None
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:  # as torch's: a zero gradient still steps the parameter (its moments decay)
+                p.grad.detach_().zero_()
 
     def _load_moments(self, state: dict) -> None:
         for mine, theirs in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"], strict=True):
@@ -158,9 +161,11 @@ class DenseAdam(AdamMoments):
 
 
 class RowAdam(AdamMoments):
-    """torch.optim.SparseAdam (lazy Adam), to the bit: for the rows a step's sparse gradient
-    names, SparseAdam's moment updates and step, in its own torch operations and order; other
-    rows are left alone.
+    """torch.optim.SparseAdam (lazy Adam), to the bit given the same summed gradient: for the rows
+    a step's sparse gradient names, SparseAdam's moment updates and step, in its own torch
+    operations and order; other rows are left alone. A row's repeated entries are summed in order
+    of appearance (gradient_rows); torch's coalesce may add them in another order, a last-bit
+    difference in such a row.
 
     SparseAdam builds several sparse tensors per step to do this (sparse_mask, coalesce and a
     sparse add per moment), which on a CPU costs more than the recurrent layer of a small model.
@@ -168,7 +173,7 @@ class RowAdam(AdamMoments):
     (its vectorized sqrt is not always IEEE's, so a loop of our own could not be bit-identical)."""
 
     def __init__(self, params: list[torch.nn.Parameter], *, lr: float, betas, eps: float):
-        self.params, (self.beta1, self.beta2), self.eps = params, tuple(betas), eps
+        self.params = params
         self._init_groups([{"params": params, "lr": lr, "betas": tuple(betas), "eps": eps}],
                           {"lr": lr, "betas": tuple(betas), "eps": eps})
         self.step_count = 0
@@ -192,7 +197,8 @@ class RowAdam(AdamMoments):
     @torch.no_grad()
     def step(self, closure=None) -> None:
         self.step_count += 1
-        t, b1, b2, lr = self.step_count, self.beta1, self.beta2, self.param_groups[0]["lr"]
+        group = self.param_groups[0]  # read each step, as SparseAdam does: a schedule may change any
+        (b1, b2), eps, lr, t = group["betas"], group["eps"], group["lr"], self.step_count
         # torch.optim._functional.sparse_adam, operation for operation.
         step_size = lr * math.sqrt(1 - b2**t) / (1 - b1**t)
         for i, (p, m, v) in enumerate(zip(self.params, self.exp_avg, self.exp_avg_sq)):
@@ -208,7 +214,7 @@ class RowAdam(AdamMoments):
             v_update = g.pow(2).sub_(old_v).mul_(1 - b2)
             v.index_add_(0, rows, v_update)
             numer = m_update.add_(old_m)
-            denom = v_update.add_(old_v).sqrt_().add_(self.eps)
+            denom = v_update.add_(old_v).sqrt_().add_(eps)
             p.index_add_(0, rows, -step_size * numer.div_(denom))
 
     def state_dict(self) -> dict:
@@ -309,6 +315,7 @@ class DeferredAdam(AdamMoments):
                 raise ValueError("deferred Adam runs on float32 CPU embeddings")
         self.sparse_group = {"params": self.weights, "lr": lr, "betas": (b1, b2), "eps": eps,
                              "weight_decay": weight_decay}
+        self._fixed = (b1, b2, float(eps), float(weight_decay))
         self._init_groups([self.sparse_group, *(self.dense.param_groups if self.dense else [])],
                           {"lr": lr, "betas": (b1, b2), "eps": eps})
         self.step_count = 0
@@ -349,12 +356,25 @@ class DeferredAdam(AdamMoments):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for w in self.weights:
-            w.grad = None
+            if set_to_none or w.grad is None:
+                w.grad = None
+            else:
+                w.grad.detach_().zero_()
         if self.dense:
             self.dense.zero_grad(set_to_none)
 
+    def _check_fixed_settings(self) -> None:
+        """A row's missed steps are replayed later with the betas, eps and weight decay of now: a
+        change of those mid-run would reach back into steps taken before it. Only the rate may change."""
+        g = self.sparse_group
+        now = (*(float(b) for b in g["betas"]), float(g["eps"]), float(g["weight_decay"]))
+        if now != self._fixed:
+            raise ValueError(f"deferred Adam: betas, eps and weight_decay are fixed for a run ({self._fixed} at the "
+                             f"start, {now} now); only lr may change (optimizer.embedding_grad=scattered takes any)")
+
     @torch.no_grad()
     def step(self, closure=None):
+        self._check_fixed_settings()
         self.step_count += 1
         self.steps.record(self.step_count, self.sparse_group["lr"], self.sparse_group["weight_decay"])
         for i, w in enumerate(self.weights):

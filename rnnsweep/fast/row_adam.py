@@ -510,6 +510,9 @@ def _merge_rows(ids, values, slot):
     """Each row of an uncoalesced sparse gradient once, its values summed in order of appearance:
     what `coalesce()` gives, without its sort. `slot` has one entry per table row, all -1 before
     and after."""
+    for i in range(ids.shape[0]):  # a hand-made sparse gradient's indices are not checked by torch
+        if ids[i] < 0 or ids[i] >= slot.shape[0]:
+            raise IndexError("a sparse gradient names a row outside its table")
     rows = np.empty(ids.shape[0], dtype=np.int64)
     sums = np.empty_like(values)
     k = 0
@@ -532,4 +535,6 @@ def _merge_rows(ids, values, slot):
 def gradient_rows(grad: torch.Tensor, slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows, summed values) of a float32 CPU sparse gradient. An embedding's backward leaves one
     entry per looked-up token; coalescing them costs a sort, a third of a small model's optimizer step."""
+    if grad.sparse_dim() != 1:
+        raise ValueError(f"a sparse gradient of an embedding table has one sparse dimension, not {grad.sparse_dim()}")
     return _merge_rows(grad._indices()[0].numpy(), grad._values().contiguous().numpy(), slot)
