@@ -333,12 +333,20 @@ def test_a_second_optimizer_on_the_same_model_takes_over_the_table():
     def opt_for(m):
         return make_optimizer("adam", m, lr=1e-2, betas=[0.9, 0.999], eps=1e-8, embedding_grad="deferred")
 
-    train_steps(net, opt_for(net), 3, data)  # leaves rows behind, and its hooks on the embedding
-    with torch.no_grad():  # the parameters as they are, without the first optimizer's pending steps
+    first = opt_for(net)
+    train_steps(net, first, 3, data)  # leaves rows behind, and its hooks on the embedding
+    pending = net.embedding.weight.detach().clone()
+    second = opt_for(net)  # the first applies the steps its rows still miss, as torch's Adam had
+    assert not torch.equal(net.embedding.weight.detach(), pending)
+    with torch.no_grad():
         for p, q in zip(net.parameters(), fresh.parameters()):
             q.copy_(p)
-    train_steps(net, opt_for(net), 3, data)
+    train_steps(net, second, 3, data)
     train_steps(fresh, opt_for(fresh), 3, data)
+    taken_over = net.embedding.weight.detach().clone()
+    first.flush()  # a stale reference to the first writes nothing to a table it gave up
+    first.state_dict()
+    assert torch.equal(net.embedding.weight.detach(), taken_over)
     for p, q in zip(net.state_dict().values(), fresh.state_dict().values()):
         torch.testing.assert_close(p, q)
 

@@ -327,11 +327,24 @@ class DeferredAdam(AdamMoments):
         # Per step: its learning rate (a schedule may change it every step; a row's missed steps
         # are replayed at the rates they had) and what the replays derive from it.
         self.steps = Steps(b1, b2)
+        self._embeddings = list(embeddings)
+        self._hooks: list = []
         for i, emb in enumerate(embeddings):
-            # The newest optimizer owns the table: hooks an earlier one left behind do nothing.
+            # The newest optimizer owns the table. The one before applies the steps its rows still
+            # miss first (torch's Adam would have applied them as it went) and lets go of it.
+            previous = getattr(emb, "_deferred_adam", None)
+            if previous is not None and previous is not self:
+                previous.flush()
+                previous._release(emb)
             emb._deferred_adam = self
-            emb.register_forward_pre_hook(self._lookup_hook(i))
-            emb.register_state_dict_pre_hook(lambda module, *_: module._deferred_adam is self and self.flush())
+            self._hooks += [(emb, emb.register_forward_pre_hook(self._lookup_hook(i))),
+                            (emb, emb.register_state_dict_pre_hook(
+                                lambda module, *_: module._deferred_adam is self and self.flush()))]
+
+    def _release(self, emb: torch.nn.Module) -> None:
+        for owner, handle in self._hooks:
+            if owner is emb:
+                handle.remove()
 
     def _scalars(self) -> tuple:
         g = self.sparse_group
@@ -350,8 +363,9 @@ class DeferredAdam(AdamMoments):
     def flush(self) -> None:
         """Bring every row up to the last step (before anything reads whole tables)."""
         if self.step_count:
-            for i in range(len(self.weights)):
-                catch_up_all(*self._arrays(i), self.step_count, *self._scalars())
+            for i, emb in enumerate(self._embeddings):
+                if getattr(emb, "_deferred_adam", self) is self:  # a table taken over is another's now
+                    catch_up_all(*self._arrays(i), self.step_count, *self._scalars())
             self.steps.forget(self.step_count)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
