@@ -26,15 +26,21 @@ def test_ratio_cell_refuses_unpaired_repeats():
         train_speed.ratio_cell([{"ex_s": 1.0}], [{"ex_s": 1.0}, {"ex_s": 2.0}])
 
 
-@pytest.mark.slow
-def test_train_speed_benchmark_runs_end_to_end_on_small_data(tmp_path):
+def run_on_small_data(tmp_path: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    """A benchmark script run on 3,000 generated training texts; it must succeed."""
     data = tmp_path / "data"
     subprocess.run([sys.executable, str(BENCH / "agnews_like.py"), str(data), "--train", "3000", "--test", "300"],
                    check=True, capture_output=True)
-    res = subprocess.run([sys.executable, str(BENCH / "train_speed.py"), "--data", str(data), "--models", "lstm",
-                          "--repeats", "2", "--epoch-size", "160", "--no-levers", "--threads", "1"],
+    res = subprocess.run([sys.executable, str(BENCH / script), "--data", str(data), *args],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+@pytest.mark.slow
+def test_train_speed_benchmark_runs_end_to_end_on_small_data(tmp_path):
+    res = run_on_small_data(tmp_path, "train_speed.py", "--models", "lstm", "--repeats", "2", "--epoch-size", "160",
+                            "--no-levers", "--threads", "1")
     row = next(line for line in res.stdout.splitlines() if line.startswith("| lstm |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert len(cells) == 9
@@ -56,13 +62,8 @@ def test_train_speed_refuses_an_unknown_model_before_generating_anything(tmp_pat
 
 @pytest.mark.slow
 def test_catch_up_benchmark_replays_a_recorded_stretch_both_ways(tmp_path):
-    data = tmp_path / "data"
-    subprocess.run([sys.executable, str(BENCH / "agnews_like.py"), str(data), "--train", "3000", "--test", "300"],
-                   check=True, capture_output=True)
-    res = subprocess.run([sys.executable, str(BENCH / "catch_up.py"), "--data", str(data), "--warm-steps", "30",
-                          "--steps", "20", "--repeats", "1", "--threads", "1"], capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = run_on_small_data(tmp_path, "catch_up.py", "--warm-steps", "30", "--steps", "20", "--repeats", "1",
+                            "--threads", "1")
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
             for line in res.stdout.splitlines() if line.startswith("| ") and not line.startswith("| catch-up")}
     assert float(rows["step by step (reference)"][0]) > 0 and float(rows["closed form (rnnsweep)"][1]) > 0
