@@ -99,10 +99,12 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         data = args.data or agnews_like.write(work / "data")
         state, stretch = record(data, work / "cache", args.warm_steps, args.steps)
-    stale = [int(np.count_nonzero(state["current"][np.unique(ids)] < state["step"])) for ids, _, _ in stretch[:1]]
+    behind = np.count_nonzero(state["current"][np.unique(stretch[0][0])] < state["step"])
     print(f"lesson LSTM, deferred Adam, steps {args.warm_steps + 1}-{args.warm_steps + args.steps} of a real run "
-          f"(first batch: {stale[0]} rows behind), {args.threads} thread(s); median of {args.repeats} alternating pairs\n")
-    replay(state, stretch, True), replay(state, stretch, False)  # loads (or compiles) both paths
+          f"(first batch: {behind} rows behind), {args.threads} thread(s); "
+          f"median of {args.repeats} alternating pairs\n")
+    for closed_form in (True, False):  # loads (or compiles) both paths
+        replay(state, stretch, closed_form)
     times: dict[bool, list[float]] = {True: [], False: []}
     flushes: dict[bool, list[float]] = {True: [], False: []}
     for k in range(args.repeats):
@@ -119,9 +121,10 @@ def main(argv: list[str] | None = None) -> None:
 
     print("| catch-up | before each batch's lookup, us a step | flush of the whole table at the end, ms |")
     print("|---|---|---|")
-    print(f"| step by step (reference) | {statistics.median(times[False]):.1f} | {statistics.median(flushes[False]):.1f} |")
-    print(f"| closed form (rnnsweep) | {statistics.median(times[True]):.1f} | {statistics.median(flushes[True]):.1f} |")
-    print(f"| speed of the closed form, reference = 1 (median of pairs) | {speed(times):.2f}x | {speed(flushes):.2f}x |")
+    for label, mode in (("step by step (reference)", False), ("closed form (rnnsweep)", True)):
+        print(f"| {label} | {statistics.median(times[mode]):.1f} | {statistics.median(flushes[mode]):.1f} |")
+    print(f"| speed of the closed form, reference = 1 (median of pairs) | {speed(times):.2f}x "
+          f"| {speed(flushes):.2f}x |")
     print("\nThe weights after the stretch differ by at most "
           f"{gap.max():.2g} (at a weight of {stepwise[worst]:.3g}, whose float32 ulp is "
           f"{np.spacing(np.abs(stepwise[worst])):.2g}); {np.count_nonzero(gap):,} of {gap.size:,} elements differ: "

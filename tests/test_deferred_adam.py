@@ -223,6 +223,11 @@ def test_the_centred_series_near_its_limits_is_float64_adam_rounded_once_or_not_
     assert series.any() and not series.all()  # both kinds are here
     assert (error[series] <= 0.5 * ulp[series]).all(), (error / ulp)[series].max()
     assert (error <= (theirs - truth).abs() + 16 * ulp).all()
+    # The others are exactly the step-by-step replay's (not a series off by several ulps).
+    stepwise = p0[None].copy()
+    row_adam.catch_up(stepwise, m0[None].copy(), v0[None].copy(), np.array([s0]), np.array([0]), s1,
+                      *steps.scalars(1e-8, 0.0, False))
+    assert np.array_equal(p[0][~series.numpy()], stepwise[0][~series.numpy()])
 
 
 def test_the_sums_of_long_idle_rows_are_kept_for_one_epochs_steps():

@@ -279,8 +279,9 @@ def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, 
     (m / a) sum_n (-x / a)^n C_n with a = eps + x g_c and C_n the sums of (g_t - g_c)^n around the
     window's middle g_c; the moments decay by b1^gap and b2^gap. Computed in float64, rounded
     once. Elements whose centred ratio exceeds 1/2, or whose terms would carry too much rounding
-    (a window of g_t too wide), are replayed step by step. `tmp` (3 x max(width, N_TERMS), float64), `tmp32` (3 x width) and `near_eps` (width) are
-    the caller's scratch: an allocation per row would cost more than the row."""
+    (a window of g_t too wide), are replayed step by step. `tmp` (3 x max(width, N_TERMS),
+    float64), `tmp32` (3 x width) and `near_eps` (width) are the caller's scratch: an allocation
+    per row would cost more than the row."""
     pr, mr, vr = p[r], m[r], v[r]
     gap = s1 - s0
     if gap < horizon:
