@@ -55,7 +55,7 @@ def record(data: Path, cache: Path, warm_steps: int, steps: int) -> tuple[dict, 
         if i == warm_steps:
             state = {"p": model.embedding.weight.detach().numpy().copy(), "m": opt.exp_avg[0].numpy().copy(),
                      "v": opt.exp_avg_sq[0].numpy().copy(), "current": opt.current[0].copy(),
-                     "steps": copy.deepcopy(opt.steps), "step": opt.step_count}
+                     "steps": copy.deepcopy(opt.steps[0]), "step": opt.step_counts[0]}
         loss = torch.nn.functional.cross_entropy(model(batch.ids, batch.lengths), batch.labels)
         opt.zero_grad()
         loss.backward()

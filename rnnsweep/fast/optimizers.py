@@ -85,8 +85,21 @@ class AdamMoments(FastOptimizer):
                 p.grad.detach_().zero_()
 
     def _load_moments(self, state: dict) -> None:
-        for mine, theirs in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"], strict=True):
+        pairs = list(zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"], strict=True))
+        for mine, theirs in pairs:  # all checked before any is copied
+            if mine.shape != theirs.shape:  # copy_ would broadcast a (1, d) moment over every row
+                raise ValueError(f"optimizer state: a moment of shape {tuple(theirs.shape)} cannot be loaded for a "
+                                 f"parameter of shape {tuple(mine.shape)} (a checkpoint of another model or vocabulary)")
+        for mine, theirs in pairs:
             mine.copy_(theirs)
+
+
+def _step_counts(saved, tensors: int) -> list[int]:
+    """Per-tensor step counts from a state dict: a list, or one count for all (saved by 0.2.1 and before)."""
+    counts = [int(saved)] * tensors if isinstance(saved, (int, float)) else [int(c) for c in saved]
+    if len(counts) != tensors:
+        raise ValueError(f"optimizer state: {len(counts)} step counts for {tensors} embedding tables")
+    return counts
 
 
 class DenseAdam(AdamMoments):
@@ -176,7 +189,7 @@ class RowAdam(AdamMoments):
         self.params = params
         self._init_groups([{"params": params, "lr": lr, "betas": tuple(betas), "eps": eps}],
                           {"lr": lr, "betas": tuple(betas), "eps": eps})
-        self.step_count = 0
+        self.step_counts = [0] * len(params)  # per table, as SparseAdam counts them: steps with a gradient
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
         self._slots = [np.full(p.shape[0], -1, dtype=np.int64) if self._mergeable(p) else None for p in params]
@@ -196,14 +209,15 @@ class RowAdam(AdamMoments):
 
     @torch.no_grad()
     def step(self, closure=None) -> None:
-        self.step_count += 1
         group = self.param_groups[0]  # read each step, as SparseAdam does: a schedule may change any
-        (b1, b2), eps, lr, t = group["betas"], group["eps"], group["lr"], self.step_count
-        # torch.optim._functional.sparse_adam, operation for operation.
-        step_size = lr * math.sqrt(1 - b2**t) / (1 - b1**t)
+        (b1, b2), eps, lr = group["betas"], group["eps"], group["lr"]
         for i, (p, m, v) in enumerate(zip(self.params, self.exp_avg, self.exp_avg_sq)):
             if p.grad is None:
                 continue
+            self.step_counts[i] += 1
+            t = self.step_counts[i]
+            # torch.optim._functional.sparse_adam, operation for operation.
+            step_size = lr * math.sqrt(1 - b2**t) / (1 - b1**t)
             rows, g = self._rows(i, p.grad)
             if rows.numel() == 0:
                 continue
@@ -218,11 +232,12 @@ class RowAdam(AdamMoments):
             p.index_add_(0, rows, -step_size * numer.div_(denom))
 
     def state_dict(self) -> dict:
-        return {"step": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+        return {"step": list(self.step_counts), "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step_count = int(state["step"])
+        counts = _step_counts(state["step"], len(self.params))
         self._load_moments(state)
+        self.step_counts = counts
 
 
 class LazyAdam(FastOptimizer):
@@ -318,15 +333,16 @@ class DeferredAdam(AdamMoments):
         self._fixed = (b1, b2, float(eps), float(weight_decay))
         self._init_groups([self.sparse_group, *(self.dense.param_groups if self.dense else [])],
                           {"lr": lr, "betas": (b1, b2), "eps": eps})
-        self.step_count = 0
+        # Per table, as torch's Adam counts per parameter: the steps that gave it a gradient.
+        self.step_counts = [0] * len(self.weights)
         self.exp_avg = [torch.zeros_like(w) for w in self.weights]
         self.exp_avg_sq = [torch.zeros_like(w) for w in self.weights]
         # Per row: the step whose update it already has.
         self.current = [np.zeros(w.shape[0], dtype=np.int64) for w in self.weights]
         self._slots = [np.full(w.shape[0], -1, dtype=np.int64) for w in self.weights]
-        # Per step: its learning rate (a schedule may change it every step; a row's missed steps
-        # are replayed at the rates they had) and what the replays derive from it.
-        self.steps = Steps(b1, b2)
+        # Per table and step: its learning rate (a schedule may change it every step; a row's missed
+        # steps are replayed at the rates they had) and what the replays derive from it.
+        self.steps = [Steps(b1, b2) for _ in self.weights]
         self._embeddings = list(embeddings)
         self._hooks: list = []
         for i, emb in enumerate(embeddings):
@@ -346,27 +362,27 @@ class DeferredAdam(AdamMoments):
             if owner is emb:
                 handle.remove()
 
-    def _scalars(self) -> tuple:
+    def _scalars(self, i: int) -> tuple:
         g = self.sparse_group
-        return self.steps.scalars(g["eps"], g["weight_decay"])
+        return self.steps[i].scalars(g["eps"], g["weight_decay"])
 
     def _arrays(self, i: int) -> tuple:
         return self.weights[i].detach().numpy(), self.exp_avg[i].numpy(), self.exp_avg_sq[i].numpy(), self.current[i]
 
     def _lookup_hook(self, i: int):
         def hook(module, args):
-            if self.step_count and module._deferred_adam is self:
+            if self.step_counts[i] and module._deferred_adam is self:
                 ids = args[0].detach().reshape(-1).numpy()
-                catch_up(*self._arrays(i), ids, self.step_count, *self._scalars())
+                catch_up(*self._arrays(i), ids, self.step_counts[i], *self._scalars(i))
         return hook
 
     def flush(self) -> None:
         """Bring every row up to the last step (before anything reads whole tables)."""
-        if self.step_count:
-            for i, emb in enumerate(self._embeddings):
-                if getattr(emb, "_deferred_adam", self) is self:  # a table taken over is another's now
-                    catch_up_all(*self._arrays(i), self.step_count, *self._scalars())
-            self.steps.forget(self.step_count)
+        for i, emb in enumerate(self._embeddings):
+            count = self.step_counts[i]
+            if count and getattr(emb, "_deferred_adam", self) is self:  # a table taken over is another's now
+                catch_up_all(*self._arrays(i), count, *self._scalars(i))
+                self.steps[i].forget(count)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for w in self.weights:
@@ -389,32 +405,34 @@ class DeferredAdam(AdamMoments):
     @torch.no_grad()
     def step(self, closure=None):
         self._check_fixed_settings()
-        self.step_count += 1
-        self.steps.record(self.step_count, self.sparse_group["lr"], self.sparse_group["weight_decay"])
         for i, w in enumerate(self.weights):
-            if w.grad is None:
+            if w.grad is None:  # as torch's Adam: no step for it, its rows do not decay
                 continue
             if not w.grad.is_sparse:
                 raise ValueError("deferred Adam needs nn.Embedding(sparse=True)")
             rows, values = gradient_rows(w.grad, self._slots[i])
-            arrays, scalars = self._arrays(i), self._scalars()
+            self.step_counts[i] += 1
+            count = self.step_counts[i]
+            self.steps[i].record(count, self.sparse_group["lr"], self.sparse_group["weight_decay"])
+            arrays, scalars = self._arrays(i), self._scalars(i)
             # Rows the forward pass did not read (a gradient set by hand) first catch up.
-            catch_up(*arrays, rows, self.step_count - 1, *scalars)
-            adam_rows(*arrays, rows, values, self.step_count, *scalars)
+            catch_up(*arrays, rows, count - 1, *scalars)
+            adam_rows(*arrays, rows, values, count, *scalars)
         if self.dense:
             self.dense.step()
 
     def state_dict(self) -> dict:
         self.flush()  # every row current: the state is plain Adam's
-        return {"step": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq,
+        return {"step": list(self.step_counts), "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq,
                 "dense": self.dense.state_dict() if self.dense else {}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step_count = int(state["step"])
+        counts = _step_counts(state["step"], len(self.weights))
         self._load_moments(state)
-        for current in self.current:
-            current.fill(self.step_count)
-        self.steps.forget(self.step_count)
+        self.step_counts = counts
+        for current, steps, count in zip(self.current, self.steps, counts):
+            current.fill(count)
+            steps.forget(count)
         if self.dense:
             self.dense.load_state_dict(state["dense"])
 
