@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY, clean_env
-from rnnsweep import api, builders, config, evaluation, predict
+from rnnsweep import api, builders, config, evaluation, predict, predict_cli
 from rnnsweep.data import DataError
 from rnnsweep.data.pipeline import split_texts
 from rnnsweep.data.tokenization import UNK_ID
@@ -28,7 +28,7 @@ FAST = ["logger=none", "runtime.progress=off", "runtime.threads=1"]
 def _script(name: str) -> list[str]:
     """The installed console script beside this interpreter, else its module (an old install)."""
     exe = Path(sys.executable).with_name(name)
-    module = {"rnnsweep-predict": "rnnsweep.predict", "rnnsweep-evaluate": "rnnsweep.evaluation"}[name]
+    module = {"rnnsweep-predict": "rnnsweep.predict_cli", "rnnsweep-evaluate": "rnnsweep.evaluation"}[name]
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", module]
 
 
@@ -223,7 +223,7 @@ def test_the_predict_command_reads_files_and_writes_csv_json_and_jsonl(ag_run, t
     rec, store, _ = ag_run
     headlines = tmp_path / "headlines.txt"
     headlines.write_text("Stocks rally as oil falls\n\nLate goal sinks the champions\n")
-    code, out, err = _main(predict, [rec["id"][:8], "--store", str(store), "--file", str(headlines)], capsys)
+    code, out, err = _main(predict_cli, [rec["id"][:8], "--store", str(store), "--file", str(headlines)], capsys)
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[0] == "text,label" and len(lines) == 3 and lines[1].startswith("Stocks rally as oil falls,")
@@ -231,7 +231,7 @@ def test_the_predict_command_reads_files_and_writes_csv_json_and_jsonl(ag_run, t
     table = tmp_path / "news.csv"
     table.write_text('id,title,body\n1,"Stocks rally","as oil falls"\n2,"Late goal","sinks the champions"\n')
     out_file = tmp_path / "p.json"
-    code, out, err = _main(predict, [rec["id"], "--store", str(store), "--file", str(table), "--text-column", "title",
+    code, out, err = _main(predict_cli, [rec["id"], "--store", str(store), "--file", str(table), "--text-column", "title",
                                      "--text-column", "body", "--proba", "--format", "json", "--output",
                                      str(out_file)], capsys)
     assert code == 0 and out == ""
@@ -241,11 +241,11 @@ def test_the_predict_command_reads_files_and_writes_csv_json_and_jsonl(ag_run, t
 
     jsonl = tmp_path / "in.jsonl"
     jsonl.write_text(json.dumps({"text": "Stocks rally as oil falls"}) + "\n")
-    code, out, _ = _main(predict, [rec["id"], "--store", str(store), "--file", str(jsonl), "--format", "jsonl"], capsys)
+    code, out, _ = _main(predict_cli, [rec["id"], "--store", str(store), "--file", str(jsonl), "--format", "jsonl"], capsys)
     assert code == 0 and json.loads(out)["text"] == "Stocks rally as oil falls"
 
     # Options anywhere; texts as arguments.
-    code, out, _ = _main(predict, ["--proba", rec["id"], "--store", str(store), "Stocks rally", "--format", "csv",
+    code, out, _ = _main(predict_cli, ["--proba", rec["id"], "--store", str(store), "Stocks rally", "--format", "csv",
                                    "Late goal"], capsys)
     assert code == 0 and out.splitlines()[0] == "text,label," + ",".join(f"p_{c}" for c in AG_CLASSES)
     assert [line.split(",")[0] for line in out.splitlines()[1:]] == ["Stocks rally", "Late goal"]
@@ -267,7 +267,7 @@ def test_the_predict_commands_errors_are_one_line_and_exit_2(ag_run, tmp_path, c
     blank = tmp_path / "blank.txt"
     blank.write_text("\n \n")
     argv = [a.format(run=rec["id"], missing=tmp_path / "missing.txt", table=table, blank=blank) for a in argv]
-    code, out, err = _main(predict, [*argv, "--store", str(store)], capsys)
+    code, out, err = _main(predict_cli, [*argv, "--store", str(store)], capsys)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("rnnsweep-predict: error: ") and expected in err, err
 
@@ -329,3 +329,14 @@ def test_the_classifier_says_what_it_expects_of_texts_and_labels(ag_run):
         clf.score(["a", "b"], [0, 9])
     by_name = clf.score(["a", "b"], [clf.classes[1], clf.classes[2]])
     assert by_name == clf.score(["a", "b"], [1, 2])
+
+
+def test_the_predict_command_answers_help_and_bad_arguments_without_loading_torch():
+    """--help and argument errors come before torch is imported (2 s of a cold start)."""
+    code = ("import sys, contextlib, io, rnnsweep.predict_cli as cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try: cli.main(['--help'])\n"
+            "    except SystemExit: pass\n"
+            "print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False", res.stderr
