@@ -559,3 +559,38 @@ def test_a_state_saved_with_one_step_count_for_all_tables_still_loads():
     _, resumed = deferred_adam(False, 0.0, 5)
     resumed.load_state_dict(state)
     assert resumed.step_counts == [30] and (resumed.current[0] == 30).all()
+
+
+def test_a_gradient_on_rows_no_forward_pass_read_first_replays_their_missed_steps():
+    """A gradient set by hand names rows the lookup hook never brought up to date: the step
+    catches them up first, so the table is the one a forward pass before each step would give."""
+    def table(look_up: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        emb = torch.nn.Embedding(V, D, sparse=True)
+        opt = DeferredAdam([emb], [], lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
+        for rows, grad in zipf_gradients(300):
+            if look_up:
+                emb(rows)
+            emb.weight.grad = grad
+            opt.step()
+        return emb.state_dict()["weight"]
+
+    assert torch.equal(table(look_up=False), table(look_up=True))
+
+
+def test_weights_moved_to_new_memory_mid_run_are_the_ones_updated():
+    """The optimizer keeps numpy views of the table between steps; a `.data` assignment moves the
+    weights, and the views must follow them (else steps land in memory the model no longer reads)."""
+    def table(move: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        emb = torch.nn.Embedding(V, D, sparse=True)
+        opt = DeferredAdam([emb], [], lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
+        for step, (rows, grad) in enumerate(zipf_gradients(60)):
+            if move and step == 30:
+                emb.weight.data = emb.weight.data.clone()
+            emb(rows)
+            emb.weight.grad = grad
+            opt.step()
+        return emb.state_dict()["weight"]
+
+    assert torch.equal(table(move=True), table(move=False))

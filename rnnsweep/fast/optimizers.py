@@ -340,6 +340,7 @@ class DeferredAdam(AdamMoments):
         # Per row: the step whose update it already has.
         self.current = [np.zeros(w.shape[0], dtype=np.int64) for w in self.weights]
         self._slots = [np.full(w.shape[0], -1, dtype=np.int64) for w in self.weights]
+        self._views: list[tuple] = [(None, None)] * len(self.weights)  # see _arrays
         # Per table and step: its learning rate (a schedule may change it every step; a row's missed
         # steps are replayed at the rates they had) and what the replays derive from it.
         self.steps = [Steps(b1, b2) for _ in self.weights]
@@ -367,12 +368,19 @@ class DeferredAdam(AdamMoments):
         return self.steps[i].scalars(g["eps"], g["weight_decay"])
 
     def _arrays(self, i: int) -> tuple:
-        return self.weights[i].detach().numpy(), self.exp_avg[i].numpy(), self.exp_avg_sq[i].numpy(), self.current[i]
+        """The table's weights, moments and row steps as numpy views, kept while the weights stay
+        where they are (a `.data` assignment or a resize moves them; the moments are this optimizer's)."""
+        w = self.weights[i]
+        key = (w.data_ptr(), w.shape)  # the kept view holds the old memory alive: no new tensor reuses its address
+        if self._views[i][0] != key:
+            self._views[i] = (key, (w.detach().numpy(), self.exp_avg[i].numpy(), self.exp_avg_sq[i].numpy(),
+                                    self.current[i]))
+        return self._views[i][1]
 
     def _lookup_hook(self, i: int):
         def hook(module, args):
             if self.step_counts[i] and module._deferred_adam is self:
-                ids = args[0].detach().reshape(-1).numpy()
+                ids = args[0].reshape(-1).numpy()  # token ids: integers, never part of a graph
                 catch_up(*self._arrays(i), ids, self.step_counts[i], *self._scalars(i))
         return hook
 
@@ -415,9 +423,10 @@ class DeferredAdam(AdamMoments):
             count = self.step_counts[i]
             self.steps[i].record(count, self.sparse_group["lr"], self.sparse_group["weight_decay"])
             arrays, scalars = self._arrays(i), self._scalars(i)
-            # Rows the forward pass did not read (a gradient set by hand) first catch up.
-            catch_up(*arrays, rows, count - 1, *scalars)
-            adam_rows(*arrays, rows, values, count, *scalars)
+            if not adam_rows(*arrays, rows, values, count, *scalars):
+                # Rows the forward pass did not read (a gradient set by hand) first catch up.
+                catch_up(*arrays, rows, count - 1, *scalars)
+                adam_rows(*arrays, rows, values, count, *scalars)
         if self.dense:
             self.dense.step()
 

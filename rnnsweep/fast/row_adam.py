@@ -110,9 +110,11 @@ class Steps:
         # q^(n+1) for the S_n, q^-n for the P_n (see sums_since)
         self._exponents = np.concatenate([np.arange(1, N_TERMS + 1), -np.arange(N_TERMS)]).astype(np.float64)
         self.last = 0  # the highest step recorded
+        self._scalars: dict[tuple, tuple] = {}  # scalars() by its arguments, until an array is replaced
         self._grow(capacity)
 
     def _grow(self, capacity: int) -> None:
+        self._scalars.clear()
         self.bc1, self.bc2_sqrt = bias_corrections(self.b1, self.b2, capacity)
         size = capacity + 1
         self.lrs = np.concatenate([self.lrs, np.zeros(size - len(self.lrs))])
@@ -125,6 +127,7 @@ class Steps:
 
     def forget(self, step: int) -> None:
         """Every row is current at `step`: no replay starts before it again."""
+        self._scalars.clear()
         self.settled_base = step
         self.settled = np.full((max(len(self.table) - step, 0), SUMS + 1), np.nan)
         self.powers = np.zeros((len(self.settled), SUMS))
@@ -140,15 +143,23 @@ class Steps:
         decay = 1.0 - lr * weight_decay
         if decay <= 0.0:  # a decay that flips the weight's sign has no logarithm: step by step from now on
             self.horizon = 0
+            self._scalars.clear()
         q = math.sqrt(1.0 - self.b2 ** float(step))
         self.table[step] = (lr / self.bc1[step], q, decay,
                             self.table[step - 1, LOG_DECAY] + math.log(decay) if decay > 0.0 else 0.0)
         np.power(q, self._exponents, out=self.powers[step - self.settled_base])
 
     def scalars(self, eps: float, weight_decay: float, closed_form: bool = True) -> tuple:
-        """The arguments the loops below take after the step number."""
-        return (self.lrs, self.bc1, self.bc2_sqrt, self.table, self.powers, self.settled, self.settled_base,
-                self.work, self.b1, self.b2, float(eps), float(weight_decay), self.horizon if closed_form else 0, self.b1 < math.sqrt(self.b2))
+        """The arguments the loops below take after the step number (kept: a batch's lookup and its
+        step each pass them, and building them anew costs a visible part of a small step)."""
+        key = (eps, weight_decay, closed_form)
+        cached = self._scalars.get(key)
+        if cached is None:
+            cached = self._scalars[key] = (
+                self.lrs, self.bc1, self.bc2_sqrt, self.table, self.powers, self.settled, self.settled_base, self.work,
+                self.b1, self.b2, float(eps), float(weight_decay), self.horizon if closed_form else 0,
+                self.b1 < math.sqrt(self.b2))
+        return cached
 
 
 @_inline
@@ -487,7 +498,12 @@ def adam_rows(p, m, v, current, rows, grads, step, lrs, bc1, bc2s, table, powers
     """Adam step number `step` for the rows with a gradient (each row once), after the steps they
     missed. As torch's single-tensor Adam: the step's scalars, (1 - beta) included, are computed
     in float64 and rounded once to float32; the element arithmetic is float32, in its order
-    (m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2); p.addcdiv_(m, denom, -step))."""
+    (m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2); p.addcdiv_(m, denom, -step)).
+    Writes nothing and returns False if a row has missed a step before this one (a gradient on a
+    row the forward pass did not read): catch_up first, then call again."""
+    for i in range(rows.shape[0]):
+        if current[rows[i]] < step - 1:
+            return False
     step_size = np.float32(lrs[step] / bc1[step])
     bc2_sqrt = bc2s[step]
     b2f, epsf, decayf = np.float32(b2), np.float32(eps), np.float32(1.0 - lrs[step] * wd)
@@ -504,6 +520,7 @@ def adam_rows(p, m, v, current, rows, grads, step, lrs, bc1, bc2s, table, powers
             vr[e] = vi
             pr[e] = pr[e] * decayf - step_size * mi / (_sqrt(vi) / bc2_sqrt + epsf)
         current[r] = step
+    return True
 
 
 @_jit
