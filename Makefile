@@ -13,7 +13,7 @@ SWEEP  ?= $(DEMO_SWEEP)
 
 RAY_VENV ?= .venv-ray
 
-.PHONY: venv run test test-fast test-ray bench bench-data bench-parallel bench-contention bench-cold bench-catch-up clean
+.PHONY: venv run test test-fast test-ray bench bench-data bench-parallel bench-contention bench-cold bench-catch-up bench-share clean
 
 venv: $(STAMP)
 
@@ -73,6 +73,11 @@ bench-cold: $(STAMP)
 # Deferred Adam's catch-up on a real run's recorded steps: closed form vs step-by-step replay.
 bench-catch-up: $(STAMP)
 	$(PY) benchmarks/catch_up.py $(ARGS)
+
+# rnnsweep's share of the bare compiled kernel, taken apart (model, table and optimizer, training
+# loop), every variant alternating in one process.
+bench-share: $(STAMP)
+	$(PY) benchmarks/kernel_share.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(RAY_VENV) dist build *.egg-info .pytest_cache
