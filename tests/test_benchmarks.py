@@ -11,6 +11,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
+import parallel_sweep  # noqa: E402
 import train_speed  # noqa: E402
 
 
@@ -19,6 +20,18 @@ def test_ratio_cell_pairs_each_repeat_with_its_own_reference_run():
     runs = [{"ex_s": 1000.0}, {"ex_s": 3000.0}, {"ex_s": 1200.0}]
     # best 3000 against best 200; per repeat 10x, 15x and 8x, whose median is 10x
     assert train_speed.ratio_cell(runs, refs) == "15.0x / 10.0x"
+
+
+def test_the_parallel_ceilings_credit_one_thread_jobs_with_what_they_measured():
+    # A 22 s basic sweep: 1 s start-up, 1 s end, 20 s of jobs (1 s of it the first job's warm-up).
+    basic = {"total": 22.0, "start": 1.0, "end": 1.0, "warm_up": 1.0, "jobs": 20.0}
+    # Amdahl's ceiling on two free cores: 3 s serial, 19 s halved.
+    assert parallel_sweep.ceiling(basic, 2.0) == pytest.approx(22 / 12.5)
+    # The same jobs take 31 s on one thread each (1 s of it warm-up): 3 s serial, 30 s halved.
+    slower = {"jobs": 31.0, "warm_up": 1.0}
+    assert parallel_sweep.one_thread_ceiling(basic, slower, 2.0) == pytest.approx(22 / 18)
+    # Jobs no slower on one thread than on all cores: the two ceilings agree.
+    assert parallel_sweep.one_thread_ceiling(basic, basic, 2.0) == pytest.approx(parallel_sweep.ceiling(basic, 2.0))
 
 
 def test_ratio_cell_refuses_unpaired_repeats():
