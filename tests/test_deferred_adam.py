@@ -266,6 +266,19 @@ def test_a_rate_that_changes_every_step_is_replayed_at_each_steps_own_rate(decou
     assert our_error.mean() <= 1.1 * torch_error.mean()
 
 
+@pytest.mark.parametrize("decoupled,wd", [(False, 0.0), (True, 0.05)], ids=["adam", "adamw"])
+@pytest.mark.parametrize("zero_from,zero_to", [(0, 40), (100, 110)], ids=["warm-up-from-zero", "a-pause"])
+def test_a_rate_that_rises_again_after_a_stretch_at_zero_replays_every_step(decoupled, wd, zero_from, zero_to):
+    """Once float32 rounds a replayed row's updates away, later updates only shrink, unless the rate
+    rises: after steps at lr 0, a row's missed steps move it again, as in dense Adam."""
+    def lr_at(step):
+        return 0.0 if zero_from <= step < zero_to else 1e-2
+    truth = dense_adam(decoupled, wd, 300, torch.float64, lr_at=lr_at)
+    torch_error = (dense_adam(decoupled, wd, 300, torch.float32, lr_at=lr_at, foreach=False).double() - truth).abs()
+    emb, _ = deferred_adam(decoupled, wd, 300, lr_at=lr_at)
+    assert (emb.state_dict()["weight"].double() - truth).abs().max() <= 2 * torch_error.max()
+
+
 def test_rows_a_batch_skips_still_move_and_are_current_when_read():
     data = split_vocab_texts()  # batch 1 uses tokens 2-19, later batches 30-49
     dense, deferred = model(), model(sparse=True)
@@ -594,3 +607,43 @@ def test_weights_moved_to_new_memory_mid_run_are_the_ones_updated():
         return emb.state_dict()["weight"]
 
     assert torch.equal(table(move=True), table(move=False))
+
+
+@pytest.mark.parametrize("rows", [V // 3, V + 10])
+def test_a_table_resized_under_the_optimizer_is_refused_before_anything_is_written(rows):
+    """Its moments and row steps keep the old size: ids within them but outside the new table would
+    be written past it (the catch-up runs before torch's lookup checks the ids)."""
+    emb = torch.nn.Embedding(V, D, sparse=True)
+    opt = DeferredAdam([emb], [], lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
+    for rows_, grad in zipf_gradients(3):
+        emb(rows_)
+        emb.weight.grad = grad
+        opt.step()
+    buffer = torch.zeros(V + 10, D)
+    emb.weight.data = buffer[:rows]
+    with pytest.raises(ValueError, match="build a new optimizer for a resized table"):
+        emb(torch.tensor([rows - 1]))
+    assert not buffer.any()
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["deferred", "sparse_adam"])
+def test_a_state_whose_dense_part_does_not_fit_leaves_the_optimizer_as_it_was(lazy):
+    from rnnsweep.fast.optimizers import LazyAdam
+
+    def build(n):
+        torch.manual_seed(0)
+        emb, lin = torch.nn.Embedding(50, 4, sparse=True), torch.nn.Parameter(torch.randn(n))
+        opt = (LazyAdam([emb.weight], [lin], lr=1e-2, betas=(0.9, 0.999), eps=1e-8) if lazy
+               else DeferredAdam([emb], [lin], lr=1e-2, betas=(0.9, 0.999), eps=1e-8))
+        return emb, lin, opt
+
+    emb, lin, source = build(3)
+    for _ in range(5):
+        (emb(torch.tensor([1, 2])).sum() + lin.sum()).backward()
+        source.step()
+        source.zero_grad()
+    _, _, target = build(4)
+    with pytest.raises(ValueError, match=r"shape \(3,\) cannot be loaded for a parameter of shape \(4,\)"):
+        target.load_state_dict(source.state_dict())
+    table = target.sparse if lazy else target
+    assert table.step_counts == [0] and not table.exp_avg[0].any()

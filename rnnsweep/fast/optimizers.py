@@ -84,13 +84,20 @@ class AdamMoments(FastOptimizer):
             else:  # as torch's: a zero gradient still steps the parameter (its moments decay)
                 p.grad.detach_().zero_()
 
-    def _load_moments(self, state: dict) -> None:
-        pairs = list(zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"], strict=True))
-        for mine, theirs in pairs:  # all checked before any is copied
-            if mine.shape != theirs.shape:  # copy_ would broadcast a (1, d) moment over every row
-                raise ValueError(f"optimizer state: a moment of shape {tuple(theirs.shape)} cannot be loaded for a "
+    def _check_moments(self, state: dict) -> None:
+        """Refuse a state whose moments do not fit, before anything is loaded."""
+        theirs = state["exp_avg"] + state["exp_avg_sq"]
+        if len(theirs) != len(self.exp_avg) * 2:
+            raise ValueError(f"optimizer state: moments for {len(theirs) // 2} tensors, this optimizer has "
+                             f"{len(self.exp_avg)} (a checkpoint of another model)")
+        for mine, their in zip(self.exp_avg + self.exp_avg_sq, theirs):
+            if mine.shape != their.shape:  # copy_ would broadcast a (1, d) moment over every row
+                raise ValueError(f"optimizer state: a moment of shape {tuple(their.shape)} cannot be loaded for a "
                                  f"parameter of shape {tuple(mine.shape)} (a checkpoint of another model or vocabulary)")
-        for mine, theirs in pairs:
+
+    def _load_moments(self, state: dict) -> None:
+        self._check_moments(state)
+        for mine, theirs in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
             mine.copy_(theirs)
 
 
@@ -165,7 +172,13 @@ class DenseAdam(AdamMoments):
     def state_dict(self) -> dict:
         return {"step": self.steps, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
 
+    def _check_state(self, state: dict) -> None:
+        self._check_moments(state)
+        if len(state["step"]) != len(self.params):
+            raise ValueError(f"optimizer state: {len(state['step'])} step counts for {len(self.params)} parameters")
+
     def load_state_dict(self, state: dict) -> None:
+        self._check_state(state)
         if any(not torch.equal(s.cpu(), state["step"][0].cpu()) for s in state["step"]):
             self._separate_steps()
         for mine, theirs in zip(self.steps, state["step"], strict=True):
@@ -263,6 +276,9 @@ class LazyAdam(FastOptimizer):
         return {"sparse": self.sparse.state_dict(), "dense": self.dense.state_dict()}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        self.sparse._check_moments(state_dict["sparse"])  # both parts checked before either is loaded
+        _step_counts(state_dict["sparse"]["step"], len(self.sparse.params))
+        self.dense._check_state(state_dict["dense"])
         self.sparse.load_state_dict(state_dict["sparse"])
         self.dense.load_state_dict(state_dict["dense"])
 
@@ -373,6 +389,11 @@ class DeferredAdam(AdamMoments):
         w = self.weights[i]
         key = (w.data_ptr(), w.shape)  # the kept view holds the old memory alive: no new tensor reuses its address
         if self._views[i][0] != key:
+            if w.shape != self.exp_avg[i].shape or not w.is_contiguous():
+                # The loops index the weights by the moments' rows: another size would be written past.
+                raise ValueError(f"deferred Adam: the embedding's weights are now {tuple(w.shape)}"
+                                 f"{'' if w.is_contiguous() else ' (not contiguous)'}, its moments "
+                                 f"{tuple(self.exp_avg[i].shape)}; build a new optimizer for a resized table")
             self._views[i] = (key, (w.detach().numpy(), self.exp_avg[i].numpy(), self.exp_avg_sq[i].numpy(),
                                     self.current[i]))
         return self._views[i][1]
@@ -419,10 +440,11 @@ class DeferredAdam(AdamMoments):
             if not w.grad.is_sparse:
                 raise ValueError("deferred Adam needs nn.Embedding(sparse=True)")
             rows, values = gradient_rows(w.grad, self._slots[i])
+            arrays = self._arrays(i)  # refuses a resized table before the step is counted
             self.step_counts[i] += 1
             count = self.step_counts[i]
             self.steps[i].record(count, self.sparse_group["lr"], self.sparse_group["weight_decay"])
-            arrays, scalars = self._arrays(i), self._scalars(i)
+            scalars = self._scalars(i)
             if not adam_rows(*arrays, rows, values, count, *scalars):
                 # Rows the forward pass did not read (a gradient set by hand) first catch up.
                 catch_up(*arrays, rows, count - 1, *scalars)
@@ -437,6 +459,9 @@ class DeferredAdam(AdamMoments):
 
     def load_state_dict(self, state: dict) -> None:
         counts = _step_counts(state["step"], len(self.weights))
+        self._check_moments(state)  # the tables' part and the dense part, before either is loaded
+        if self.dense:
+            self.dense._check_state(state["dense"])
         self._load_moments(state)
         self.step_counts = counts
         for current, steps, count in zip(self.current, self.steps, counts):

@@ -24,7 +24,8 @@ once (`replay`). The terms fall by about b1 / sqrt(b2) a step, so a row idle for
 decay after them. Elements whose window of g_t is too wide for the centred series to converge
 fast and exactly, rows idle for a few steps (cheaper so), and betas with b1 >= sqrt(b2), whose
 updates do not shrink, are replayed step by step in float32 as torch's single-tensor Adam
-computes them (`_steps`), stopping once float32 rounds every update away.
+computes them (`_steps`), stopping once float32 rounds every update away (unless the rate
+rises again).
 
 The loops are compiled by numba (see numba_math): they run over a few hundred rows per step,
 element by element, which is exactly what Python and whole-tensor torch ops are bad at. Rows are
@@ -181,6 +182,8 @@ def _replay_steps(p, m, v, r, first, last, lrs, bc1, bc2s, b1, b2, eps, wd, may_
 def _steps(pr, mr, vr, first, last, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop):
     """Zero-gradient Adam steps `first`..`last` on the weights `pr` and their moments: `lrs[s]` is
     the learning rate step s used (a schedule may change it every step), `wd` AdamW's decay.
+    `may_stop`: once float32 rounds every update away (and the rate does not rise again: later
+    updates then only shrink), the remaining steps only decay the moments and the weight.
 
     Element arithmetic in float32, in the order of torch's single-tensor float32 Adam
     (torch.optim.Adam(foreach=False)); per-step scalars in float64, rounded once. For betas whose
@@ -200,6 +203,7 @@ def _steps(pr, mr, vr, first, last, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop):
         # insignificant one are float32 Adam's own steps.
         check = may_stop and (s - first) % _CHECK_EVERY == 0
         significant = 0  # elements whose update float32 would not round away
+        moving = 0  # elements with momentum (without it, every later update is zero too)
         for e in range(pr.shape[0]):
             mi = _lerp(mr[e], zero, gain1, rest1)
             vi = vr[e] * b2f
@@ -207,11 +211,16 @@ def _steps(pr, mr, vr, first, last, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop):
             w = pr[e] * decayf
             if check:
                 significant += np.int32(abs(update) >= abs(w) * _HALF_ULP)
+                moving += np.int32(mi != zero)
             mr[e] = mi
             vr[e] = vi
             pr[e] = w - update
         s += 1
-        if check and significant == 0 and s <= last:
+        if check and significant == 0 and moving and _rate_rises(lrs, s - 1, last):
+            # A rate that rises again (a warm-up, a phase at lr 0) can lift later updates above
+            # the rounding: replay every step.
+            may_stop = False
+        elif check and significant == 0 and s <= last:
             rest = last - s + 1
             # Powers of the float32 factors that each skipped step would have multiplied by.
             fm = np.float32((1.0 - np.float64(gain1)) ** rest)
@@ -222,6 +231,15 @@ def _steps(pr, mr, vr, first, last, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop):
                 vr[e] = vr[e] * fv
                 pr[e] = pr[e] * fp
             return
+
+
+@_inline
+def _rate_rises(lrs, now, last):
+    """Whether a step after `now`, up to `last`, has a higher learning rate than step `now`."""
+    for s in range(now + 1, last + 1):
+        if lrs[s] > lrs[now]:
+            return True
+    return False
 
 
 @_inline
