@@ -303,3 +303,120 @@ def test_the_report_command_imports_nothing_from_training_nor_pandas_before_it_b
     code = f"import sys, rnnsweep.report.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
+
+
+def patch_record(path: Path, change) -> None:
+    rec = json.loads(path.read_text())
+    change(rec)
+    path.write_text(json.dumps(rec))
+
+
+def test_runs_without_a_grouping_key_are_a_row_of_their_own_not_dropped(tmp_path):
+    """A csv run has no data.variant while synthetic runs sweep it: the csv runs are a row with an
+    en dash for the missing key, in the table, its counts and the plots' groups."""
+    root = tmp_path / "s"
+    for i, (variant, acc) in enumerate((("order", 0.5), ("order", 0.6), ("long", 0.4), ("long", 0.3),
+                                        (None, 0.9), (None, 0.95))):
+        path = write_record(root, f"r{i}", model="lstm", seed=i % 2, acc=acc, hidden=64 + i)
+
+        def change(rec, variant=variant):
+            rec["config"]["model"]["hidden_dim"] = 64
+            if variant is not None:
+                rec["config"]["data"] = {"variant": variant}
+        patch_record(path, change)
+    report = build([str(root)], tmp_path / "out")
+    assert report.keys == ["data.variant"]
+    assert list(report.groups["data.variant"]) == ["long", "order", "–"]
+    assert report.groups["n"].sum() == 6
+    assert report.groups.set_index("data.variant").loc["–", "test/acc:mean"] == pytest.approx(0.925)
+    assert "| – | 2 | **92.5 ± 3.5** |" in report.table_markdown
+
+
+def test_the_bold_mean_is_the_best_printed_one(tmp_path):
+    """gru 90.65 prints as 90.7 and rnn's 90.6 as 90.6: gru is bold, rnn is not."""
+    root = tmp_path / "s"
+    for name, model, seed, acc in (("g0", "gru", 0, 0.900), ("g1", "gru", 1, 0.913),
+                                   ("r0", "rnn", 0, 0.906), ("r1", "rnn", 1, 0.906)):
+        write_record(root, name, model=model, seed=seed, acc=acc)
+    report = build([str(root)], None)
+    rows = {line.split(" | ")[0].strip("| "): line for line in report.table_markdown.splitlines()
+            if line.startswith(("| gru", "| rnn"))}
+    assert "| **90.7 ± 0.9** |" in rows["gru"] and "| 90.6 ± 0.0 |" in rows["rnn"]
+    assert "\\mathbf{90.7}" in tables.latex(report.groups, report.keys, report.runs)
+
+
+def test_a_completed_rerun_of_a_run_found_failed_elsewhere_is_the_one_reported(tmp_path):
+    """A sweep's copy of a failed attempt and a later sweep's completed record of the same run id:
+    the run counts once, as completed, whichever is found first."""
+    first = write_record(tmp_path / "a", "j0", model="lstm", seed=0, acc=0, status="failed")
+    write_record(tmp_path / "b", "j0", model="lstm", seed=0, acc=0.8)
+    write_record(tmp_path / "b", "j1", model="lstm", seed=1, acc=0.9)
+    assert json.loads(first.read_text())["id"] == "lstm-64-0"
+    for order in ([tmp_path / "a", tmp_path / "b"], [tmp_path / "b", tmp_path / "a"]):
+        report = build([str(p) for p in order], None)
+        assert len(report.runs) == 2 and set(report.runs["status"]) == {"completed"}
+        assert report.groups.loc[0, "n"] == 2 and report.groups.loc[0, "test/acc:mean"] == pytest.approx(0.85)
+
+
+def test_a_row_holding_a_seed_twice_is_marked_and_warned_about(tmp_path):
+    """The same seed under two rnnsweep versions (two run ids): the row's ± is not a spread over seeds."""
+    root = tmp_path / "s"
+    for i, version in enumerate(("0.2.1", "0.2.2")):
+        for seed in (0, 1):
+            path = write_record(root, f"{version}-{seed}", model="lstm", seed=seed, acc=0.8 + 0.1 * seed)
+            patch_record(path, lambda rec, v=version, s=seed: (rec["env"].update(rnnsweep=v),
+                                                               rec.update(id=f"{v}-{s}")))
+    report = build([str(root)], None)
+    assert "| 4† |" in report.table_markdown and "† A row that holds a seed more than once" in report.table_markdown
+    assert any("rows holding a seed more than once" in w for w in report.warnings)
+
+
+def test_a_mean_over_fewer_runs_than_the_rows_n_says_so(tmp_path):
+    root = tmp_path / "s"
+    for seed, acc in enumerate((0.9, 0.8, 0.7)):
+        path = write_record(root, f"r{seed}", model="lstm", seed=seed, acc=acc)
+        if seed == 2:  # an older record without macro-F1
+            patch_record(path, lambda rec: rec["metrics"].pop("test/macro_f1"))
+    report = build([str(root)], None)
+    assert "| 3 | 80.0 ± 10.0 | 84.0 ± 7.1 (n=2) |" in report.table_markdown
+    assert "$84.0 \\pm 7.1$ ($n{=}2$)" in tables.latex(report.groups, report.keys, report.runs)
+
+
+def test_numeric_keys_sort_by_value_and_a_missing_value_is_text_in_latex(tmp_path):
+    root = tmp_path / "s"
+    for hidden in (256, 64, 128):
+        write_record(root, f"h{hidden}", model="lstm", seed=0, acc=hidden / 1000, hidden=hidden)
+    path = write_record(root, "h32", model="lstm", seed=0, acc=0.5, hidden=32)
+    patch_record(path, lambda rec: rec["metrics"].pop("test/macro_f1"))
+    report = build([str(root)], None)
+    assert list(report.groups["model.hidden_dim"].astype(int)) == [32, 64, 128, 256]
+    assert "$–$" not in tables.latex(report.groups, report.keys, report.runs)
+    assert " & -- & " in tables.latex(report.groups, report.keys, report.runs)
+
+
+def test_logger_and_launcher_choices_are_never_columns(tmp_path):
+    root = tmp_path / "s"
+    for seed, logger in enumerate(("none", "wandb", "wandb")):
+        path = write_record(root, f"r{seed}", model="lstm", seed=seed, acc=0.8)
+        patch_record(path, lambda rec, lg=logger: rec["choices"].update(logger=lg, launcher="basic"))
+    assert build([str(root)], None).keys == []
+
+
+def test_the_wandb_spec_names_the_tables_runs_trained_without_wandb(sweep):
+    first = next(p for p in sorted(sweep.rglob("metrics.json")) if json.loads(p.read_text())["status"] == "completed")
+    patch_record(first, lambda rec: rec.pop("wandb"))
+    spec = report_spec(build([str(sweep)], None), "s", "p", None)
+    missing = json.loads(first.read_text())["id"]
+    assert spec["runs_without_wandb"] == [missing] and missing in spec["description"]
+    assert missing not in spec["runset"]["filters"]
+
+
+def test_the_report_command_expands_a_quoted_glob_itself(sweep, tmp_path, capsys):
+    """The README's `rnnsweep-report 'outputs/multirun/*'`: the shell leaves the pattern alone."""
+    from rnnsweep.report import cli
+
+    cli.main([str(sweep / "*"), "--out", str(tmp_path / "out"), "--no-plots"])
+    assert "| lstm | 3 |" in (tmp_path / "out" / "table.md").read_text()
+    with pytest.raises(SystemExit):
+        cli.main([str(tmp_path / "nothing-*"), "--out", str(tmp_path / "out2"), "--no-plots"])
+    assert "no file or directory matches" in capsys.readouterr().err

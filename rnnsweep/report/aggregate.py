@@ -6,11 +6,13 @@ import math
 
 import pandas as pd
 
-from ..store import CHOICE_ORDER, is_result_key
+from ..store import CHOICE_ORDER, RESULT_GROUPS, is_result_key
 from .records import METRICS
 
 # Choices (in CHOICE_ORDER) are read before raw config keys; a column that the columns already
-# chosen determine (model.arch once `model` is a column) adds nothing and is left out.
+# chosen determine (model.arch once `model` is a column) adds nothing and is left out. Only the
+# groups that change what a run computes (RESULT_GROUPS) can be columns: not logger or launcher.
+MISSING = "–"  # a grouping key a run's record does not have (a csv run has no data.variant)
 
 # Two-sided 95% critical values of Student's t for 1..30 degrees of freedom.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -36,7 +38,8 @@ def _varies(runs: pd.DataFrame, column: str, given: list[str]) -> bool:
 def swept_columns(runs: pd.DataFrame) -> list[str]:
     """The columns that tell the runs' configurations apart, the seed excepted."""
     candidates = [f"choice:{g}" for g in CHOICE_ORDER if f"choice:{g}" in runs]
-    candidates += sorted(c for c in runs if c.startswith("choice:") and c not in candidates)
+    candidates += sorted(c for c in runs if c.startswith("choice:") and c not in candidates
+                         and label(c) in RESULT_GROUPS)
     candidates += sorted(
         c for c in runs if c.startswith("cfg:") and c != "cfg:seed" and is_result_key(label(c))
     )
@@ -60,12 +63,27 @@ def resolve_keys(runs: pd.DataFrame, keys: list[str]) -> list[str]:
     return out
 
 
+def _text(column: pd.Series) -> pd.Series:
+    """A grouping column as text; a run without the key gets MISSING (groupby would drop it)."""
+    return column.astype(object).where(column.notna(), MISSING).astype(str)
+
+
+def _order(value: str) -> tuple:
+    """Numbers by value (64 before 128), then text."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
 def groups_of(frame: pd.DataFrame, keys: list[str]):
-    """(values tuple, rows) per group of `frame` by `keys`, sorted; one group of all rows if no keys."""
+    """(values tuple, rows) per group of `frame` by `keys`, sorted (numbers by value); one group
+    of all rows if no keys. Every row is in a group, those without a key too."""
     if not keys:
         return [((), frame)]
-    return [(v if isinstance(v, tuple) else (v,), g)
-            for v, g in frame.groupby([frame[k].astype(str) for k in keys], sort=True)]
+    groups = [(v if isinstance(v, tuple) else (v,), g)
+              for v, g in frame.groupby([_text(frame[k]) for k in keys], sort=False, dropna=False)]
+    return sorted(groups, key=lambda item: tuple(_order(v) for v in item[0]))
 
 
 def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -84,6 +102,11 @@ def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             row[f"{m}:mean"] = float(series.mean()) if len(series) else math.nan
             row[f"{m}:std"] = std
             row[f"{m}:ci95"] = t95(len(series) - 1) * std / math.sqrt(len(series)) if len(series) > 1 else math.nan
+            row[f"{m}:n"] = len(series)  # fewer than n where records lack the metric
         row["excluded"] = not_done[values]
+        # Seeds a row holds more than once: its runs differ in something the columns do not show
+        # (a version, a device, a thread count), and its spread is not one over seeds.
+        seeds = group["cfg:seed"] if "cfg:seed" in group else pd.Series(dtype=object)
+        row["repeated_seeds"] = int(len(seeds) - seeds.nunique(dropna=False))
         rows.append(row)
     return pd.DataFrame(rows)

@@ -35,6 +35,12 @@ def provenance(runs: pd.DataFrame, keys: list[str]) -> tuple[dict[str, list[str]
                 warnings.append("runs averaged together were trained on different data (data fingerprints differ)")
         elif len(values) > 1:
             warnings.append(f"the runs come from {len(values)} different {what}: {', '.join(values)}")
+    repeated = [" ".join(f"{aggregate.label(k)}={v}" for k, v in zip(keys, values)) or "the one row"
+                for values, group in aggregate.groups_of(runs[runs["status"] == "completed"], keys)
+                if "cfg:seed" in group and group["cfg:seed"].duplicated().any()]
+    if repeated:
+        warnings.append(f"rows holding a seed more than once (runs that differ in something the columns do not "
+                        f"show; their ± is not a spread over seeds): {'; '.join(repeated)}")
     dirty = [v for v in facts["commits"] if v.endswith("-dirty")]
     if dirty:
         warnings.append(f"runs from a checkout with uncommitted changes: {', '.join(dirty)}")

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown or not formats:
         _fail(f"--formats {args.formats}: expected one or more of {', '.join(PLOT_FORMATS)}, comma-separated"
               + (f" ('{unknown[0]}' is not one)" if unknown else ""))
-    missing = [i for i in args.inputs if not Path(i).exists()]
+    # A quoted glob ('outputs/multirun/*') is expanded by the report itself, not by the shell.
+    missing = [i for i in args.inputs if not any(ch in i for ch in "*?[") and not Path(i).exists()]
     if missing:  # before the --out check, which would otherwise blame a typo on a missing --out
         _fail(f"{missing[0]}: no such file or directory")
     if out is None and len(args.inputs) == 1 and Path(args.inputs[0]).is_dir():

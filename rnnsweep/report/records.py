@@ -1,7 +1,8 @@
 """Result records on disk -> one pandas table, one row per run.
 
 Accepts sweep directories, run-store directories, single record files and glob patterns; a run
-found twice (a sweep's copy and the store's original) counts once.
+found twice (a sweep's copy and the store's original) counts once, as its completed record where
+one of the copies is (a failed attempt's copy beside a later rerun's).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def load_runs(inputs: Iterable[str]) -> tuple[pd.DataFrame, dict[str, list[dict[str, float]]], list[str]]:
     """(runs, histories, skipped): one row per distinct run; `histories` maps a run's key to its
     epochs; `skipped` says which files were left out, and why (damaged, or not a record)."""
-    rows, histories, seen, skipped = [], {}, set(), []
+    rows, histories, seen, skipped = [], {}, {}, []
     for path in record_paths(inputs):
         try:
             rec = json.loads(path.read_text())
@@ -67,9 +68,8 @@ def load_runs(inputs: Iterable[str]) -> tuple[pd.DataFrame, dict[str, list[dict[
             skipped.append(f"{path}: left out, not a usable result record ({problem})")
             continue
         key = rec.get("id") or str(path.resolve())
-        if key in seen:
-            continue
-        seen.add(key)
+        if key in seen and not (rec["status"] == "completed" and seen[key]["status"] != "completed"):
+            continue  # the same run found again (a sweep's copy and the store's original)
         row: dict[str, Any] = {"run": key, "status": rec["status"], "path": str(path)}
         row.update({f"choice:{k}": v for k, v in (rec.get("choices") or {}).items() if v is not None})
         row.update({f"cfg:{k}": v for k, v in flatten(rec["config"]).items()})
@@ -83,6 +83,9 @@ def load_runs(inputs: Iterable[str]) -> tuple[pd.DataFrame, dict[str, list[dict[
             "wandb:id": (rec.get("wandb") or {}).get("id") if isinstance(rec.get("wandb"), dict) else None,
             "data:fingerprint": (rec.get("data") or {}).get("fingerprint"),
         })
+        if key in seen:  # a completed record of a run found before as failed (a later rerun): it wins
+            rows = [r for r in rows if r is not seen[key]]
+        seen[key] = row
         rows.append(row)
         histories[key] = rec.get("history") or []
     if not rows:

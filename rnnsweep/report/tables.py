@@ -34,29 +34,46 @@ def _num(x: float, decimals: int) -> str:
     return f"{x:,.{decimals}f}"
 
 
-def _cells(agg: pd.DataFrame, col: Column) -> list[tuple[str, str | None, bool]]:
-    """(mean, spread or None, is_best) per row."""
+def _cells(agg: pd.DataFrame, col: Column) -> list[tuple[str, str | None, bool, int | None]]:
+    """(mean, spread or None, is_best, runs averaged where fewer than the row's n) per row. The best is the best *printed* mean (ties all
+    bold): judged on other rounding, a row that prints lower could be bold. A mean over fewer
+    runs than the row's n (records without this metric) says over how many."""
     means = agg[f"{col.metric}:mean"] * col.scale
     stds = agg[f"{col.metric}:std"] * col.scale
+    counts = agg[f"{col.metric}:n"] if f"{col.metric}:n" in agg else agg["n"]
+    printed = [None if math.isnan(m) else float(f"{m:.{col.decimals}f}") for m in means]
+    shown = [p for p in printed if p is not None]
     best_value = None
-    if col.best and means.notna().any():
-        rounded = means.round(col.decimals)
-        best_value = rounded.max() if col.best == "max" else rounded.min()
+    if col.best and shown:
+        best_value = max(shown) if col.best == "max" else min(shown)
     out = []
-    for mean, std in zip(means, stds):
-        if math.isnan(mean):
-            out.append(("–", None, False))
+    for mean, std, value, count, n in zip(means, stds, printed, counts, agg["n"]):
+        if value is None:
+            out.append(("–", None, False, None))
             continue
         spread = _num(std, col.decimals) if col.show_spread and not math.isnan(std) else None
-        is_best = best_value is not None and len(means) > 1 and round(mean, col.decimals) == best_value
-        out.append((_num(mean, col.decimals), spread, is_best))
+        is_best = best_value is not None and len(means) > 1 and value == best_value
+        out.append((_num(mean, col.decimals), spread, is_best, int(count) if int(count) != int(n) else None))
     return out
 
 
-def footnote(runs: pd.DataFrame) -> str:
+def _text(mean: str, spread: str | None, fewer: int | None) -> str:
+    return (f"{mean} ± {spread}" if spread else mean) + (f" (n={fewer})" if fewer is not None else "")
+
+
+def _n(agg: pd.DataFrame, i: int) -> str:
+    """A row's n, marked † where the row holds a seed more than once."""
+    row = agg.iloc[i]
+    return str(int(row["n"])) + ("†" if row.get("repeated_seeds", 0) else "")
+
+
+def footnote(runs: pd.DataFrame, agg: pd.DataFrame | None = None) -> str:
     total = len(runs)
     done = int((runs["status"] == "completed").sum())
     note = f"Mean ± std over seeds; n = completed runs per row ({done} of {total} runs)."
+    if agg is not None and "repeated_seeds" in agg and agg["repeated_seeds"].sum():
+        note += (" † A row that holds a seed more than once: its runs differ in something the columns do not "
+                 "show (a version, a device, a thread count; see runs.csv), so its ± is not a spread over seeds.")
     left_out = runs.loc[runs["status"] != "completed", "status"].value_counts().sort_index()
     if len(left_out):
         parts = ", ".join(f"{n} {status}" for status, n in left_out.items())
@@ -69,13 +86,13 @@ def markdown(agg: pd.DataFrame, keys: list[str], runs: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(keys) + ["---:"] * (len(COLUMNS) + 1)) + "|"]
     cells = [_cells(agg, c) for c in COLUMNS]
     for i in range(len(agg)):
-        row = [str(agg.iloc[i][k]) for k in keys] + [str(int(agg.iloc[i]["n"]))]
+        row = [str(agg.iloc[i][k]) for k in keys] + [_n(agg, i)]
         for col_cells in cells:
-            mean, spread, best = col_cells[i]
-            text = f"{mean} ± {spread}" if spread else mean
+            mean, spread, best, fewer = col_cells[i]
+            text = _text(mean, spread, fewer)
             row.append(f"**{text}**" if best else text)
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n\n" + footnote(runs) + "\n"
+    return "\n".join(lines) + "\n\n" + footnote(runs, agg) + "\n"
 
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -100,15 +117,20 @@ def latex(agg: pd.DataFrame, keys: list[str], runs: pd.DataFrame) -> str:
     ]
     cells = [_cells(agg, c) for c in cols]
     for i in range(len(agg)):
-        row = [latex_escape(str(agg.iloc[i][k])) for k in keys] + [str(int(agg.iloc[i]["n"]))]
+        row = [latex_escape(str(agg.iloc[i][k])).replace("–", "--") for k in keys]
+        row.append(_n(agg, i).replace("†", "$^\\dagger$"))
         for col_cells in cells:
-            mean, spread, best = col_cells[i]
+            mean, spread, best, fewer = col_cells[i]
+            if mean == "–":  # no value: an en dash in text, not in math
+                row.append("--")
+                continue
             mean = mean.replace(",", "{,}")
             value = f"\\mathbf{{{mean}}}" if best else mean
-            row.append(f"${value} \\pm {spread.replace(',', '{,}')}$" if spread else f"${value}$")
+            cell = f"${value} \\pm {spread.replace(',', '{,}')}$" if spread else f"${value}$"
+            row.append(cell + (f" ($n{{=}}{fewer}$)" if fewer is not None else ""))
         lines.append(" & ".join(row) + " \\\\")
     lines.append("\\bottomrule")
-    note = latex_escape(footnote(runs)).replace("±", "$\\pm$")
+    note = latex_escape(footnote(runs, agg)).replace("±", "$\\pm$").replace("†", "$^\\dagger$")
     lines.append(f"\\multicolumn{{{len(keys) + len(cols) + 1}}}{{l}}{{\\footnotesize {note}}} \\\\")
     lines.append("\\end{tabular}")
     return "\n".join(lines) + "\n"
@@ -132,7 +154,7 @@ def runs_csv(runs: pd.DataFrame, keys: list[str]) -> str:
 def pivot_markdown(agg: pd.DataFrame, row_keys: list[str], col_key: str, metric: str) -> str:
     """`metric` (mean ± std) with one column per value of `col_key`."""
     col = next((c for c in COLUMNS if c.metric == metric), Column(metric, metric, 1, 3))
-    formatted = [f"{m} ± {s}" if s else m for m, s, _ in _cells(agg, col)]
+    formatted = [_text(m, s, fewer) for m, s, _, fewer in _cells(agg, col)]
     frame = agg[row_keys + [col_key]].astype(str).assign(value=formatted)
     table = frame.pivot_table(index=row_keys or None, columns=col_key, values="value", aggfunc="first", sort=True) \
         if row_keys else frame.set_index(col_key)[["value"]].T

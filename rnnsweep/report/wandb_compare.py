@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import pandas as pd
+
 from ..store import RECORD, read_record
 from ..sweep import read_jobs
 from ..tracking import resolve_wandb_mode, wandb_api_key_configured
@@ -52,14 +54,26 @@ def table_wandb_ids(report: Report) -> list[str]:
     return sorted(str(i) for i in done["wandb:id"])
 
 
+def runs_without_wandb(report: Report) -> list[str]:
+    """The table's runs that have no W&B run (trained with logger=none, then reused by the store):
+    the W&B Report cannot show them."""
+    runs = report.runs
+    done = runs[runs["status"] == "completed"]
+    missing = done["wandb:id"].isna() if "wandb:id" in done else pd.Series(True, index=done.index)
+    return sorted(str(r) for r in done.loc[missing, "run"])
+
+
 def report_spec(report: Report, sweep: str, project: str, entity: str | None) -> dict[str, Any]:
-    ids = table_wandb_ids(report)
+    ids, without = table_wandb_ids(report), runs_without_wandb(report)
+    lacking = (f" {len(without)} more of the table's runs were trained without W&B and are not in it: "
+               f"{', '.join(without)}." if without else "")
     return {
         "project": project,
         "entity": entity,  # null: the logged-in user's default entity, resolved when saved
         "title": f"rnnsweep: {sweep}",
         "description": f"{len(ids)} runs of sweep {sweep}, grouped by their seed-free identity; "
-        f"swept: {', '.join(report.keys) or 'nothing'}.",
+        f"swept: {', '.join(report.keys) or 'nothing'}.{lacking}",
+        "runs_without_wandb": without,
         # Selected by id: the runs of the table, reused ones included. "Group" is W&B's run group
         # ("group" would be read as a config key of that name).
         "runset": {"name": sweep, "filters": f"ID in [{', '.join(repr(i) for i in ids)}]", "groupby": ["Group"]},
@@ -183,6 +197,9 @@ def publish(report: Report, sweep_dir: Path, *, project: str, entity: str | None
     sweep = sweep_dir.name
     spec = report_spec(report, sweep, project, entity)
     (sweep_dir / SPEC_NAME).write_text(json.dumps(spec, indent=2) + "\n")
+    if spec["runs_without_wandb"]:
+        log.warning("the W&B comparison lacks %d of the table's runs, trained without W&B and reused from the "
+                    "store: %s", len(spec["runs_without_wandb"]), ", ".join(spec["runs_without_wandb"]))
     resolved, _ = resolve_wandb_mode(mode)
     run = wandb.init(project=project, entity=entity, mode=resolved, name=f"{sweep} comparison", job_type="report",
                      group=sweep, dir=str(sweep_dir), config={"sweep": sweep, "grouped_by": report.keys},
