@@ -420,3 +420,13 @@ def test_the_report_command_expands_a_quoted_glob_itself(sweep, tmp_path, capsys
     with pytest.raises(SystemExit):
         cli.main([str(tmp_path / "nothing-*"), "--out", str(tmp_path / "out2"), "--no-plots"])
     assert "no file or directory matches" in capsys.readouterr().err
+
+
+def test_rows_chosen_by_hand_that_average_over_a_swept_key_are_warned_about(tmp_path):
+    root = tmp_path / "s"
+    for hidden in (64, 128):
+        for model in ("lstm", "gru"):
+            write_record(root, f"{model}{hidden}", model=model, seed=0, acc=hidden / 200, hidden=hidden)
+    report = build([str(root)], None, rows=["model"])
+    assert any(w == "--rows model: each row averages runs that differ in model.hidden_dim" for w in report.warnings)
+    assert not any("--rows" in w for w in build([str(root)], None, rows=["model", "model.hidden_dim"]).warnings)

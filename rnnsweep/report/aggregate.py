@@ -28,7 +28,8 @@ def label(column: str) -> str:
     return column.split(":", 1)[1]
 
 
-def _varies(runs: pd.DataFrame, column: str, given: list[str]) -> bool:
+def varies_within(runs: pd.DataFrame, column: str, given: list[str]) -> bool:
+    """Whether `column` takes more than one value among runs that agree on every `given` column."""
     values = runs[column].astype(str)
     if not given:
         return values.nunique() > 1
@@ -45,7 +46,7 @@ def swept_columns(runs: pd.DataFrame) -> list[str]:
     )
     chosen: list[str] = []
     for column in candidates:
-        if _varies(runs, column, chosen):
+        if varies_within(runs, column, chosen):
             chosen.append(column)
     return chosen
 

@@ -78,6 +78,11 @@ def build(
         table_md += "\n" + tables.pivot_markdown(groups, [k for k in keys if k != aggregate.label(col_column)],
                                                  aggregate.label(col_column), metric)
     facts, warnings = provenance(runs, columns)
+    if rows:  # --rows chosen by hand: say which swept keys its rows average over
+        merged = [aggregate.label(c) for c in aggregate.swept_columns(runs) if c not in columns
+                  and aggregate.varies_within(runs[runs["status"] == "completed"], c, columns)]
+        if merged:
+            warnings.append(f"--rows {','.join(rows)}: each row averages runs that differ in {', '.join(merged)}")
     warnings = skipped + warnings
     report = Report(table_md, keys, groups, runs, warnings=warnings, provenance=facts)
     if out_dir is None:
