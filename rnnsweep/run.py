@@ -159,10 +159,13 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
     except DataError as ex:  # e.g. a data file that does not exist: nothing to identify, nothing to run
         return bad_input(ex)
     # runtime.threads=0: the launcher's share, else every core this process may use; with the
-    # compiled layers a governor then picks between that and one thread as the machine allows.
-    govern = settings.runtime.threads == 0
-    if govern:
+    # compiled layers a governor then picks between that and one thread as the machine allows,
+    # unless the thread count changes the run's numbers (then it is part of the identity, fixed).
+    govern = settings.runtime.threads == 0 and not store.threads_change_results(to_plain(settings))
+    if settings.runtime.threads == 0:
         settings.runtime.threads = job.threads or torch.get_num_threads()
+    if settings.runtime.device.value == "auto":  # the identity names the device the run trains on
+        settings.runtime.device = type(settings.runtime.device)("cuda" if torch.cuda.is_available() else "cpu")
     identity = store.run_identity(to_plain(settings), fingerprint,
                                   vectors=vectors_file.digest if vectors_file is not None else None)
     entry = store.Entry(store_root / identity.run_id)

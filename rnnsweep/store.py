@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 # how many threads share the work of rnnsweep's compiled layers (which split a batch by sequence,
 # each computed as on one thread). Dotted prefixes; tests/test_ledger.py trains twice for each
 # and compares the metrics byte for byte. Not among them: runtime.compiled_rnn (the compiled
-# layers and torch's round differently), and, for torch's own layers, the thread count (see
-# run_identity).
+# layers and torch's round differently), and, where torch's own code splits sums by thread, the
+# thread count (threads_change_results).
 NON_RESULT_KEYS = ("logger", "runtime.threads", "runtime.progress", "runtime.cache_dir", "ledger")
 # Keys added after runs were stored, with the value at which a run computes what it computed
 # before the key existed: at that value the key is left out of the identity, so those runs keep
@@ -119,6 +119,16 @@ def _as_before(config: dict[str, Any], dotted: str, before: Any) -> bool:
     return value == before
 
 
+def threads_change_results(config: dict[str, Any]) -> bool:
+    """Whether this run's numbers depend on its thread count: torch's own layers split their sums
+    by thread, and so does torch code that runs beside the compiled layers at sizes where torch
+    goes parallel (attention pooling's products; torch's packed kernel, batching.native_packing).
+    The compiled layers compute each sequence as on one thread, whatever the count (tested)."""
+    model, batching = config.get("model") or {}, config.get("batching") or {}
+    return (not config["runtime"]["compiled_rnn"] or model.get("pooling") == "attention"
+            or (batching.get("mode") == "packed" and bool(batching.get("native_packing"))))
+
+
 def run_identity(config: dict[str, Any], data_fingerprint: str, *, vectors: str | None = None) -> Identity:
     """`config`: the plain resolved config, its runtime.threads the number the run trains on.
     `vectors`: the digest of the pretrained word vectors' file (model.vectors): it replaces the
@@ -127,9 +137,7 @@ def run_identity(config: dict[str, Any], data_fingerprint: str, *, vectors: str 
     # The vectors' content stands for them, not where the file lies: moved or renamed, the same run.
     where = ("model.vectors",) if vectors is not None else ()
     core = _without(config, NON_RESULT_KEYS + unchanged + where)
-    if not config["runtime"]["compiled_rnn"]:
-        # torch's own layers (and its reductions) split their sums by thread: another thread
-        # count, other roundings, another result.
+    if threads_change_results(config):  # another thread count, other roundings, another result
         core["runtime"]["threads"] = config["runtime"]["threads"]
     payload = {"config": core, "data": data_fingerprint, "rnnsweep": __version__}
     if vectors is not None:

@@ -94,3 +94,20 @@ def test_synthetic_splits_are_disjoint_and_share_one_vocabulary(tmp_path):
     assert (len(s.train), len(s.val), len(s.test)) == (180, 20, 50)
     assert s.num_classes == 4 and s.class_names[3] == "Sci/Tech"
     assert s.train.ids.max() < s.vocab_size and s.test.ids.max() < s.vocab_size
+
+
+def test_a_files_checksum_is_not_remembered_across_a_rewrite_that_keeps_size_and_mtime(tmp_path):
+    """cp -p, rsync -t or a restored file keep size and mtime; the kernel's ctime still moves."""
+    import os
+    import time
+
+    from rnnsweep.data.download import file_md5
+
+    path = tmp_path / "train.csv"
+    path.write_text("1,aaaa\n")
+    before, stat = file_md5(path), path.stat()
+    time.sleep(0.01)
+    path.write_text("2,bbbb\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert file_md5(path) != before

@@ -31,9 +31,12 @@ def test_identity_ignores_what_cannot_change_the_result(compose_cfg):
     for meaningful in (["optimizer.lr=0.01"], ["model=gru"], ["data.seed=9"], ["data.variant=long_range"],
                        ["train.epochs=2"], ["batching=packed"], ["runtime.compiled_rnn=false"]):
         assert identity(compose_cfg, meaningful)[0] != base[0], meaningful
-    # torch's own layers round differently on another number of threads: then the count counts.
-    torch_layers = identity(compose_cfg, ["runtime.compiled_rnn=false"])
-    assert identity(compose_cfg, ["runtime.compiled_rnn=false", "runtime.threads=2"]) != torch_layers
+    # torch's own layers round differently on another number of threads: then the count counts,
+    # and so it does where torch code beside the compiled layers goes parallel.
+    for torch_code in (["runtime.compiled_rnn=false"], ["model.pooling=attention"],
+                       ["batching=packed", "batching.native_packing=true"]):
+        assert identity(compose_cfg, [*torch_code, "runtime.threads=2"]) != identity(compose_cfg, torch_code), torch_code
+    assert identity(compose_cfg, ["batching=packed", "runtime.threads=2"]) == identity(compose_cfg, ["batching=packed"])
 
 
 def untimed(record: dict) -> str:
@@ -182,6 +185,31 @@ def test_the_store_never_hands_one_implementations_result_to_another(compose_cfg
         results.append(run.run_job(settings, job, tmp_path / "store", raise_on_failure=True).job)
     assert [r["outcome"] for r in results] == ["trained", "trained", "trained", "skipped"]
     assert len({r["id"] for r in results[:3]}) == 3 and results[3]["id"] == results[0]["id"]
+
+
+def test_device_auto_is_named_by_the_device_it_resolves_to(compose_cfg, tmp_path):
+    """runtime.device=auto on this CPU machine is the run runtime.device=cpu is: one id, one
+    training; on a machine with a GPU, auto would be cuda's run, not the CPU's stored record."""
+    results = []
+    for device in ("auto", "cpu"):
+        settings = config.validate(compose_cfg([*TINY, "model=gru", f"runtime.device={device}"]))
+        job = run.Job(dir=tmp_path / "jobs" / device)
+        results.append(run.run_job(settings, job, tmp_path / "store", raise_on_failure=True).job)
+    assert [r["outcome"] for r in results] == ["trained", "skipped"] and results[0]["id"] == results[1]["id"]
+    record = json.loads((tmp_path / "store" / results[0]["id"] / "metrics.json").read_text())
+    assert record["config"]["runtime"]["device"] == "cpu"
+
+
+def test_a_thread_count_that_changes_results_is_fixed_for_the_run(compose_cfg, tmp_path):
+    """With attention pooling (torch's products beside the compiled layers) the default
+    runtime.threads=0 trains on one fixed count, named in the identity: no governor switches it."""
+    settings = config.validate(compose_cfg([*TINY, "model=gru", "model.pooling=attention", "runtime.device=cpu",
+                                            "runtime.threads=0"]))
+    assert store.threads_change_results(to_plain(settings))
+    job = run.Job(dir=tmp_path / "job", threads=2)  # runtime.threads=0 stands for the job's two cores
+    record = json.loads((tmp_path / "store" / run.run_job(settings, job, tmp_path / "store",
+                                                            raise_on_failure=True).job["id"] / "metrics.json").read_text())
+    assert "thread_governor" not in record["env"] and record["config"]["runtime"]["threads"] == 2
 
 
 def test_a_run_trained_again_after_its_record_was_damaged_gets_a_new_wandb_run(compose_cfg, tmp_path,

@@ -430,3 +430,15 @@ def test_rows_chosen_by_hand_that_average_over_a_swept_key_are_warned_about(tmp_
     report = build([str(root)], None, rows=["model"])
     assert any(w == "--rows model: each row averages runs that differ in model.hidden_dim" for w in report.warnings)
     assert not any("--rows" in w for w in build([str(root)], None, rows=["model", "model.hidden_dim"]).warnings)
+
+
+def test_of_two_completed_attempts_of_a_run_the_later_is_reported(tmp_path):
+    """ledger.force retrains a run under its id: an old sweep directory keeps the first attempt's
+    copy, the store the last; whichever is read first, the report takes the later."""
+    old = write_record(tmp_path / "a", "j0", model="lstm", seed=0, acc=0.5)
+    new = write_record(tmp_path / "b", "j0", model="lstm", seed=0, acc=0.7)
+    patch_record(old, lambda rec: rec.update(finished_at="2026-11-30T10:00:00+00:00"))
+    patch_record(new, lambda rec: rec.update(finished_at="2026-11-30T11:00:00+00:00"))
+    for order in ([tmp_path / "a", tmp_path / "b"], [tmp_path / "b", tmp_path / "a"]):
+        report = build([str(p) for p in order], None)
+        assert len(report.runs) == 1 and report.groups.loc[0, "test/acc:mean"] == pytest.approx(0.7)

@@ -27,13 +27,15 @@ class DownloadError(DataError):
     """A download that failed or did not match its checksum; the message says what to do."""
 
 
-_MD5S: dict[tuple[str, int, int], str] = {}
+_MD5S: dict[tuple[str, int, int, int], str] = {}
 
 
 def file_md5(path: Path) -> str:
-    """MD5 of a file, remembered per (path, size, mtime) for the life of the process."""
+    """MD5 of a file, remembered per (path, size, mtime, ctime) for the life of the process. The
+    ctime is the kernel's: a rewrite that keeps size and mtime (cp -p, rsync -t, a notebook
+    restoring a file) still changes it."""
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if key not in _MD5S:
         digest = hashlib.md5()
         with open(path, "rb") as f:

@@ -68,9 +68,10 @@ def load_runs(inputs: Iterable[str]) -> tuple[pd.DataFrame, dict[str, list[dict[
             skipped.append(f"{path}: left out, not a usable result record ({problem})")
             continue
         key = rec.get("id") or str(path.resolve())
-        if key in seen and not (rec["status"] == "completed" and seen[key]["status"] != "completed"):
+        if key in seen and not _newer(rec, seen[key]):
             continue  # the same run found again (a sweep's copy and the store's original)
-        row: dict[str, Any] = {"run": key, "status": rec["status"], "path": str(path)}
+        row: dict[str, Any] = {"run": key, "status": rec["status"], "path": str(path),
+                               "finished_at": rec.get("finished_at")}
         row.update({f"choice:{k}": v for k, v in (rec.get("choices") or {}).items() if v is not None})
         row.update({f"cfg:{k}": v for k, v in flatten(rec["config"]).items()})
         row.update({f"metric:{k}": rec["metrics"].get(k) for k in METRICS})
@@ -83,7 +84,7 @@ def load_runs(inputs: Iterable[str]) -> tuple[pd.DataFrame, dict[str, list[dict[
             "wandb:id": (rec.get("wandb") or {}).get("id") if isinstance(rec.get("wandb"), dict) else None,
             "data:fingerprint": (rec.get("data") or {}).get("fingerprint"),
         })
-        if key in seen:  # a completed record of a run found before as failed (a later rerun): it wins
+        if key in seen:  # a later attempt of a run found before (a rerun, ledger.force): it wins
             rows = [r for r in rows if r is not seen[key]]
         seen[key] = row
         rows.append(row)
@@ -93,6 +94,16 @@ def load_runs(inputs: Iterable[str]) -> tuple[pd.DataFrame, dict[str, list[dict[
         raise ReportError(f"no usable result records ({RECORD_NAME}) under: {', '.join(inputs)}{why}")
     runs = pd.DataFrame(rows)
     return runs, histories, skipped
+
+
+def _newer(rec: dict[str, Any], seen: dict[str, Any]) -> bool:
+    """Whether `rec` replaces the copy of the same run read before: a completed record over one
+    that is not, and among completed ones the later attempt (ledger.force retrains a run; an old
+    sweep directory keeps the first attempt's copy, the store the last)."""
+    done, seen_done = rec["status"] == "completed", seen["status"] == "completed"
+    if done != seen_done:
+        return done
+    return str(rec.get("finished_at") or "") > str(seen.get("finished_at") or "")
 
 
 def apply_where(runs: pd.DataFrame, where: list[str]) -> pd.DataFrame:
