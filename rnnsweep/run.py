@@ -158,14 +158,7 @@ def run_job(settings: RootConfig, job: Job, store_root: Path, *, raise_on_failur
         vectors_file = builders.pretrained_vectors(settings.model, job.base_dir)
     except DataError as ex:  # e.g. a data file that does not exist: nothing to identify, nothing to run
         return bad_input(ex)
-    # runtime.threads=0: the launcher's share, else every core this process may use; with the
-    # compiled layers a governor then picks between that and one thread as the machine allows,
-    # unless the thread count changes the run's numbers (then it is part of the identity, fixed).
-    govern = settings.runtime.threads == 0 and not store.threads_change_results(to_plain(settings))
-    if settings.runtime.threads == 0:
-        settings.runtime.threads = job.threads or torch.get_num_threads()
-    if settings.runtime.device.value == "auto":  # the identity names the device the run trains on
-        settings.runtime.device = type(settings.runtime.device)("cuda" if torch.cuda.is_available() else "cpu")
+    govern = resolve_runtime(settings, job.threads)
     identity = store.run_identity(to_plain(settings), fingerprint,
                                   vectors=vectors_file.digest if vectors_file is not None else None)
     entry = store.Entry(store_root / identity.run_id)
@@ -265,6 +258,23 @@ def git_commit() -> str | None:
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def resolve_runtime(settings: RootConfig, launcher_threads: int = 0) -> bool:
+    """Replace the runtime's `auto`s by what this process trains on, as the run's identity must
+    name it; True if a thread governor may then choose the thread count as it trains.
+
+    runtime.threads=0: the launcher's share, else every core this process may use; with the
+    compiled layers a governor then picks between that and one thread as the machine allows,
+    unless the thread count changes the run's numbers (then it is part of the identity, fixed).
+    runtime.device=auto: the device found here (a GPU machine sharing the store must not take a
+    CPU run's record)."""
+    govern = settings.runtime.threads == 0 and not store.threads_change_results(to_plain(settings))
+    if settings.runtime.threads == 0:
+        settings.runtime.threads = launcher_threads or torch.get_num_threads()
+    if settings.runtime.device.value == "auto":
+        settings.runtime.device = type(settings.runtime.device)("cuda" if torch.cuda.is_available() else "cpu")
+    return govern
 
 
 def environment(device: torch.device, threads: int) -> dict[str, Any]:

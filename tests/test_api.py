@@ -58,12 +58,13 @@ def test_the_command_with_the_same_overrides_finds_the_apis_run_in_the_store(tra
 
 def test_the_api_and_the_command_compose_the_same_identity(trained, compose_cfg):
     """The command's path, in-process: conftest's compose (the way the CLI composes) -> identity."""
-    from rnnsweep import builders, store
+    from rnnsweep import builders, run, store
     from rnnsweep.config import to_plain
     from rnnsweep.data import data_fingerprint
 
     gru, _, base = trained
     settings = config.validate(compose_cfg([*TINY, "model=gru", f"ledger.store={base / 'store'}"]))
+    run.resolve_runtime(settings)  # as every job does: runtime.device=auto -> the device found here
     source = builders.data_source(settings.data, base, builders.cache_dir(settings.runtime, base))
     identity = store.run_identity(to_plain(settings), data_fingerprint(source, builders.split_options(settings.data)))
     assert identity.run_id == gru["id"] and identity.group_id == gru["group_id"]
