@@ -14,7 +14,9 @@ Torch-free: the report and the process that ends a sweep read records through th
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -119,6 +121,20 @@ def _as_before(config: dict[str, Any], dotted: str, before: Any) -> bool:
     return value == before
 
 
+@functools.cache
+def numeric_versions() -> dict[str, str]:
+    """The versions of what computes a run's numbers besides rnnsweep: torch (its kernels) and numba
+    (which compiles rnnsweep's CPU loops). Read from the installed packages' metadata: this module
+    imports neither."""
+    out = {}
+    for name in ("torch", "numba"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "none"
+    return out
+
+
 def threads_change_results(config: dict[str, Any]) -> bool:
     """Whether this run's numbers depend on its thread count: torch's own layers split their sums
     by thread, and so does torch code that runs beside the compiled layers at sizes where torch
@@ -139,7 +155,9 @@ def run_identity(config: dict[str, Any], data_fingerprint: str, *, vectors: str 
     core = _without(config, NON_RESULT_KEYS + unchanged + where)
     if threads_change_results(config):  # another thread count, other roundings, another result
         core["runtime"]["threads"] = config["runtime"]["threads"]
-    payload = {"config": core, "data": data_fingerprint, "rnnsweep": __version__}
+    # Another torch or numba may round differently: a store shared across installs must not hand
+    # one's numbers to the other.
+    payload = {"config": core, "data": data_fingerprint, "rnnsweep": __version__, **numeric_versions()}
     if vectors is not None:
         payload["vectors"] = vectors
     group_payload = {**payload, "config": _without(core, ("seed",))}

@@ -222,3 +222,11 @@ def test_a_run_trained_again_after_its_record_was_damaged_gets_a_new_wandb_run(c
     assert again.job["outcome"] == "trained" and again.record["attempt"] == 2
     assert again.record["wandb"]["id"] == first.record["wandb"]["id"] + "-2"
     assert store.wandb_runs(entry) == {first.record["wandb"]["id"], again.record["wandb"]["id"]}
+
+
+def test_the_identity_names_the_torch_and_numba_that_compute_the_numbers(compose_cfg, monkeypatch):
+    """A store shared by two installs must not hand one torch's numbers to another."""
+    base = identity(compose_cfg, [])
+    assert set(store.numeric_versions()) == {"torch", "numba"}
+    monkeypatch.setattr(store, "numeric_versions", lambda: {"torch": "0.0.1", "numba": "0.0.1"})
+    assert identity(compose_cfg, [])[0] != base[0]
