@@ -23,8 +23,9 @@ class Report:
     provenance: dict[str, list[str]] = field(default_factory=dict)
 
 
-def provenance(runs: pd.DataFrame, keys: list[str]) -> tuple[dict[str, list[str]], list[str]]:
-    """What produced the runs, and warnings where runs that are compared differ in it."""
+def provenance(runs: pd.DataFrame, keys: list[str], groups: pd.DataFrame) -> tuple[dict[str, list[str]], list[str]]:
+    """What produced the runs, and warnings where runs that are compared (`groups`, aggregated by
+    `keys`) differ in it."""
     facts, warnings = {}, []
     for column, what in (("env:git_commit", "commits"), ("env:rnnsweep", "rnnsweep versions"),
                          ("env:torch", "torch versions"), ("data:fingerprint", "data fingerprints")):
@@ -35,9 +36,9 @@ def provenance(runs: pd.DataFrame, keys: list[str]) -> tuple[dict[str, list[str]
                 warnings.append("runs averaged together were trained on different data (data fingerprints differ)")
         elif len(values) > 1:
             warnings.append(f"the runs come from {len(values)} different {what}: {', '.join(values)}")
-    repeated = [" ".join(f"{aggregate.label(k)}={v}" for k, v in zip(keys, values)) or "the one row"
-                for values, group in aggregate.groups_of(runs[runs["status"] == "completed"], keys)
-                if "cfg:seed" in group and group["cfg:seed"].duplicated().any()]
+    labels = [aggregate.label(k) for k in keys]
+    repeated = [" ".join(f"{k}={row[k]}" for k in labels) or "the one row"
+                for _, row in groups.iterrows() if row["repeated_seeds"]] if not groups.empty else []
     if repeated:
         warnings.append(f"rows holding a seed more than once (runs that differ in something the columns do not "
                         f"show; their ± is not a spread over seeds): {'; '.join(repeated)}")
@@ -77,7 +78,7 @@ def build(
     if col_column and not groups.empty:
         table_md += "\n" + tables.pivot_markdown(groups, [k for k in keys if k != aggregate.label(col_column)],
                                                  aggregate.label(col_column), metric)
-    facts, warnings = provenance(runs, columns)
+    facts, warnings = provenance(runs, columns, groups)
     if rows:  # --rows chosen by hand: say which swept keys its rows average over
         merged = [aggregate.label(c) for c in aggregate.swept_columns(runs) if c not in columns
                   and aggregate.varies_within(runs[runs["status"] == "completed"], c, columns)]

@@ -35,12 +35,13 @@ def _num(x: float, decimals: int) -> str:
 
 
 def _cells(agg: pd.DataFrame, col: Column) -> list[tuple[str, str | None, bool, int | None]]:
-    """(mean, spread or None, is_best, runs averaged where fewer than the row's n) per row. The best is the best *printed* mean (ties all
-    bold): judged on other rounding, a row that prints lower could be bold. A mean over fewer
-    runs than the row's n (records without this metric) says over how many."""
+    """(mean, spread or None, is_best, runs averaged where fewer than the row's n) per row. The
+    best is the best *printed* mean (ties all bold): judged on other rounding, a row that prints
+    lower could be bold. A mean over fewer runs than the row's n (records without this metric)
+    says over how many."""
     means = agg[f"{col.metric}:mean"] * col.scale
     stds = agg[f"{col.metric}:std"] * col.scale
-    counts = agg[f"{col.metric}:n"] if f"{col.metric}:n" in agg else agg["n"]
+    counts = agg[f"{col.metric}:n"]
     printed = [None if math.isnan(m) else float(f"{m:.{col.decimals}f}") for m in means]
     shown = [p for p in printed if p is not None]
     best_value = None
