@@ -93,7 +93,7 @@ class TextClassifier(nn.Module):
         self.bidirectional, self.num_layers = bidirectional, num_layers
         self.dropout = dropout
         # Sparse gradients: a step touches only the rows of the batch's tokens (optimizer=sparse_adam).
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id, sparse=sparse_embedding)
+        self.embedding = fast.Embedding(vocab_size, embed_dim, padding_idx=pad_id, sparse=sparse_embedding)
         if embed_init == "shifted_normal":
             with torch.no_grad():  # the lesson's LSTM: randn - 0.5, padding row included
                 self.embedding.weight.copy_(torch.randn_like(self.embedding.weight) - 0.5)
@@ -124,6 +124,9 @@ class TextClassifier(nn.Module):
             ]
             for twin in self._one_direction:
                 twin.requires_grad_(False)
+            # Each layer's weight names in `self.rnn`, for `_stack` to read them from its parameter
+            # dict: a getattr per weight per batch costs a visible part of a small model's step.
+            self._layer_weights = [tuple(f"{name}_l{layer}" for name in fast.WEIGHTS) for layer in range(num_layers)]
         self.attention = AttentionPooling(features) if pooling == "attention" else None
         self.fc = nn.Linear(features, num_classes)
 
@@ -143,9 +146,7 @@ class TextClassifier(nn.Module):
             if packed_on_padded:
                 out, h_last = self._packed_on_padded(x, lengths, mask())
             else:
-                out, h = self._run_as_written(x, lengths)
-                h = h[0] if isinstance(h, tuple) else h
-                h_last = h[-1]
+                out, h_last = self._run_as_written(x, lengths)
             return self.fc(out.mean(dim=1) if self.pooling == "seed_mean" else h_last)
         if packed_on_padded:
             out = self._bidirectional_padded(x, lengths) if self.bidirectional else self._stack(x)
@@ -169,24 +170,29 @@ class TextClassifier(nn.Module):
         return out, out[torch.arange(out.size(0), device=out.device), lengths.to(out.device) - 1]
 
     def _run_as_written(self, x, lengths):
+        """The outputs and h_n[-1] (the last layer's last direction) of `self.rnn` as the lesson runs it."""
         if self.packed:
-            return self._run_packed(x, lengths)
-        if self._compiled(x, self.rnn):  # h[-1]: the last layer's state after the last (padded) step
-            out = self._stack(x)
-            return out, out[:, -1].unsqueeze(0)
-        return self.rnn(x)
+            out, h = self._run_packed(x, lengths)
+        elif self._compiled(x, self.rnn):  # the last layer's state after the last (padded) step
+            out = self._stack(x, compiled=True)
+            return out, out[:, -1]
+        else:
+            out, h = self.rnn(x)
+        return out, (h[0] if isinstance(h, tuple) else h)[-1]
 
     def _compiled(self, x, rnn) -> bool:
         return self.compiled_rnn and fast.applies(x, rnn)
 
-    def _stack(self, x: torch.Tensor) -> torch.Tensor:
+    def _stack(self, x: torch.Tensor, compiled: bool | None = None) -> torch.Tensor:
         """self.rnn(x)'s outputs for a unidirectional stack; on the CPU, the compiled layers run it."""
-        if not self._compiled(x, self.rnn):
-            return self.rnn(x)[0]
-        for layer in range(self.num_layers):
+        rnn = self.rnn
+        if not (self._compiled(x, rnn) if compiled is None else compiled):
+            return rnn(x)[0]
+        weights = rnn._parameters
+        for layer, names in enumerate(self._layer_weights):
             if layer > 0 and self.dropout > 0:
                 x = nn.functional.dropout(x, self.dropout, self.training)
-            x = fast.layer(self.rnn, x, *(getattr(self.rnn, f"{name}_l{layer}") for name in fast.WEIGHTS))
+            x = fast.layer(rnn, x, *(weights[name] for name in names))
         return x
 
     def _run_packed(self, x, lengths):

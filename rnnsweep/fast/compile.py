@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from . import cpu_rnn, optimizers, row_adam
+from . import cpu_rnn, embedding, optimizers, row_adam
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,15 @@ GROUPS: dict[str, tuple[tuple, Callable[[], None]]] = {
     "rnn": ((cpu_rnn._rnn_forward, cpu_rnn._rnn_backward), lambda: cpu_rnn.warm_up(torch.nn.RNN)),
     "adam": ((row_adam.adam_rows, row_adam._catch_up, row_adam._merge_rows), lambda: optimizers.warm_up(lazy=False)),
     "lazy_adam": ((row_adam._merge_rows,), lambda: optimizers.warm_up(lazy=True)),
+    "sparse_embedding": ((embedding._zero_entries,), embedding.warm_up),
 }
 LABELS = {"lstm": "LSTM layer", "gru": "GRU layer", "rnn": "RNN layer", "adam": "deferred Adam",
-          "lazy_adam": "lazy Adam"}
+          "lazy_adam": "lazy Adam",
+          "sparse_embedding": "sparse embedding gradient"}
 # Seconds each group took to compile from a cold cache on a 2-core machine (benchmarks/README.md):
 # what the first run announces.
 HELPER_TIMEOUT_S = 600
-COLD_SECONDS = {"lstm": 11, "gru": 8, "rnn": 5, "adam": 11, "lazy_adam": 3}
+COLD_SECONDS = {"lstm": 11, "gru": 8, "rnn": 5, "adam": 11, "lazy_adam": 3, "sparse_embedding": 1}
 
 
 def is_cached(group: str) -> bool:
