@@ -44,6 +44,7 @@ from numba import get_num_threads, prange
 from .numba_math import INLINE_JIT as _inline
 from .numba_math import JIT as _jit
 from .numba_math import PARALLEL_JIT as _parallel
+from .numba_math import prefetch_row as _prefetch_row
 from .numba_math import sqrt as _sqrt
 from .numba_math import sqrt64 as _sqrt64
 
@@ -63,6 +64,8 @@ GAIN, Q, DECAY, LOG_DECAY = 0, 1, 2, 3
 MAX_HORIZON = 4096
 # Rows idle for fewer steps than this are replayed step by step: cheaper than the series (measured).
 _FEW_STEPS = 12
+# Rows ahead whose memory the catch-up asks for while it replays the current one.
+_AHEAD = 2
 
 
 def bias_corrections(b1: float, b2: float, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -192,6 +195,7 @@ def _steps(pr, mr, vr, first, last, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop):
     gain1 = np.float32(1.0 - b1)
     rest1 = np.float32(1.0) - gain1
     zero = np.float32(0.0)
+    flags = np.empty(pr.shape[0] if may_stop else 0, dtype=np.int32)
     s = first
     while s <= last:
         step_size = np.float32(lrs[s] / bc1[s])
@@ -202,19 +206,34 @@ def _steps(pr, mr, vr, first, last, lrs, bc1, bc2s, b1, b2, eps, wd, may_stop):
         # updates already round away, stop at once); the few steps replayed past the first
         # insignificant one are float32 Adam's own steps.
         check = may_stop and (s - first) % _CHECK_EVERY == 0
-        significant = 0  # elements whose update float32 would not round away
-        moving = 0  # elements with momentum (without it, every later update is zero too)
-        for e in range(pr.shape[0]):
-            mi = _lerp(mr[e], zero, gain1, rest1)
-            vi = vr[e] * b2f
-            update = step_size * mi / (_sqrt(vi) / bc2_sqrt + epsf)
-            w = pr[e] * decayf
-            if check:
-                significant += np.int32(abs(update) >= abs(w) * _HALF_ULP)
-                moving += np.int32(mi != zero)
-            mr[e] = mi
-            vr[e] = vi
-            pr[e] = w - update
+        significant = 0  # some element's update float32 would not round away
+        moving = 0  # some element has momentum (without it, every later update is zero too)
+        # Two copies of the loop, with and without the counting, and the counting as flags per
+        # element reduced after it: a branch or a sum inside the loop kept LLVM from running it
+        # eight lanes at a time.
+        if check:
+            for e in range(pr.shape[0]):
+                mi = _lerp(mr[e], zero, gain1, rest1)
+                vi = vr[e] * b2f
+                update = step_size * mi / (_sqrt(vi) / bc2_sqrt + epsf)
+                w = pr[e] * decayf
+                flags[e] = np.int32(abs(update) >= abs(w) * _HALF_ULP) | (np.int32(mi != zero) << 1)
+                mr[e] = mi
+                vr[e] = vi
+                pr[e] = w - update
+            bits = np.int32(0)
+            for e in range(pr.shape[0]):
+                bits |= flags[e]
+            significant, moving = bits & 1, bits >> 1
+        else:
+            for e in range(pr.shape[0]):
+                mi = _lerp(mr[e], zero, gain1, rest1)
+                vi = vr[e] * b2f
+                update = step_size * mi / (_sqrt(vi) / bc2_sqrt + epsf)
+                w = pr[e] * decayf
+                mr[e] = mi
+                vr[e] = vi
+                pr[e] = w - update
         s += 1
         if check and significant == 0 and moving and _rate_rises(lrs, s - 1, last):
             # A rate that rises again (a warm-up, a phase at lr 0) can lift later updates above
@@ -281,12 +300,13 @@ def sums_since(table, powers, base, s1, gaps, b1, b2, out):
         t = s1 - g + 1
         a = table[t, GAIN] * decay
         power = powers[t - base]
-        for n in range(SUMS):
-            sums[n] = rho[n] * (a * power[n] + sums[n])
+        row = out[g]
+        for n in range(SUMS):  # one loop, not a second to copy the sums out: it runs every step
+            x = rho[n] * (a * power[n] + sums[n])
+            sums[n] = x
+            row[n] = x
         decay *= table[t, DECAY]
-        for n in range(SUMS):
-            out[g, n] = sums[n]
-        out[g, SUMS] = decay
+        row[SUMS] = decay
 
 
 @_jit
@@ -326,10 +346,15 @@ def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, 
     g_min = b2 ** (window / 2.0) / table[s0 + window, Q]
     above = _SERIES_LIMIT * eps / g_min  # x above this: the first series
     width = pr.shape[0]
+    # x per element first, in a loop of its own: the loop that sorts the elements out below
+    # cannot run eight lanes at a time, and a square root per element in it cost most of a row.
+    xs = tmp[0]
+    for e in range(width):
+        xs[e] = _sqrt64(np.float64(vr[e]))
     k = 0
     smallest = np.inf  # the smallest x the first series serves: it sets how many terms it needs
     for e in range(width):
-        x = _sqrt64(np.float64(vr[e]))
+        x = xs[e]
         if mr[e] != 0 and not x > above:
             near_eps[k] = e
             k += 1
@@ -345,9 +370,9 @@ def replay(p, m, v, r, s0, s1, table, recent, settled, base, horizon, lrs, bc1, 
     fm, fv = b1 ** gap, b2 ** gap
     # Every element by the first series (those near eps are redone below). Horner's rule with the
     # elements innermost, so that the loop runs eight lanes at a time (per element it is a chain).
-    scale, y, acc = tmp[0], tmp[1], tmp[2]
+    scale, y, acc = tmp[0], tmp[1], tmp[2]  # scale takes the place of xs, element by element
     for e in range(width):
-        x = _sqrt64(np.float64(vr[e]))
+        x = xs[e]
         # An element without momentum does not move (and its x may be 0: -eps / 0 would make
         # Horner's sum infinite and the product with a zero scale NaN).
         y[e] = -eps / x if mr[e] != 0 else 0.0
@@ -460,6 +485,13 @@ def _stale_rows(current, ids, step):
 
 
 @_inline
+def _prefetch_rows(p, m, v, r):
+    _prefetch_row(p, r)
+    _prefetch_row(m, r)
+    _prefetch_row(v, r)
+
+
+@_inline
 def _at_rest(mr, vr):
     """Whether both moments of a row are zero (a row that never had a gradient): then Adam's steps
     without a gradient leave it exactly as it is, apart from AdamW's decay."""
@@ -486,7 +518,10 @@ def _catch_up(p, m, v, current, ids, threads, step, lrs, bc1, bc2s, table, power
         tmp, tmp32 = np.empty((shares, 3, max(width, N_TERMS))), np.empty((shares, 3, width), np.float32)
         near_eps = np.empty((shares, width), np.int64)
         for share in prange(shares):
-            for k in range(share * count // shares, (share + 1) * count // shares):
+            end = (share + 1) * count // shares
+            for k in range(share * count // shares, end):
+                if k + _AHEAD < end:  # the rows this share takes next start their way from memory
+                    _prefetch_rows(p, m, v, stale[k + _AHEAD])
                 if wd == 0.0 and _at_rest(m[stale[k]], v[stale[k]]):
                     continue
                 if step - first[k] + 1 < _FEW_STEPS:  # a few steps cost less one by one than the series does
@@ -528,6 +563,8 @@ def adam_rows(p, m, v, current, rows, grads, step, lrs, bc1, bc2s, table, powers
     gain1, gain2 = np.float32(1.0 - b1), np.float32(1.0 - b2)
     rest1 = np.float32(1.0) - gain1
     for i in prange(rows.shape[0]):  # rows are distinct: each thread owns the rows it takes
+        if i + _AHEAD < rows.shape[0]:
+            _prefetch_rows(p, m, v, rows[i + _AHEAD])
         r = rows[i]
         pr, mr, vr, gr = p[r], m[r], v[r], grads[i]
         for e in range(pr.shape[0]):
