@@ -56,6 +56,36 @@ def test_epoch_size_keeps_the_first_batches():
     assert len(rows) == 7 == num_batches(data, 16, limit=100)
 
 
+def batch_rows_as_defined(data, batch_size, *, shuffle, generator, bucket_pool, limit):
+    """batch_rows' order as its docstring defines it, pool by pool: a seed's batches decide a run's
+    numbers, so a faster way to cut them must cut the same ones."""
+    order = torch.randperm(len(data), generator=generator).numpy() if shuffle else np.arange(len(data))
+    if bucket_pool:
+        rows, pool = [], batch_size * bucket_pool
+        for start in range(0, len(data), pool):
+            chunk = order[start:start + pool]
+            chunk = chunk[np.argsort(data.lengths[chunk], kind="stable")]
+            rows += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        if shuffle:
+            rows = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
+    else:
+        rows = [order[i:i + batch_size] for i in range(0, len(data), batch_size)]
+    return rows if limit is None else rows[:-(-limit // batch_size)]
+
+
+@pytest.mark.parametrize("n", [1, 17, 801, 1000])
+@pytest.mark.parametrize("bucket_pool", [None, 1, 4, 50])
+def test_batches_are_cut_as_defined_for_every_epoch_size(n, bucket_pool):
+    data = texts(n)
+    for batch_size in (1, 16):
+        for shuffle in (True, False):
+            for limit in (None, 1, 50, n, 10 * n):
+                ours, defined = (cut(data, batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(3),
+                                     bucket_pool=bucket_pool, limit=limit)
+                                 for cut in (batch_rows, batch_rows_as_defined))
+                assert len(ours) == len(defined) and all(map(np.array_equal, ours, defined))
+
+
 def test_collate_reads_memory_mapped_int32_arrays(tmp_path):
     data = texts(50)
     np.save(tmp_path / "ids.npy", data.ids.astype(np.int32))
@@ -412,12 +442,12 @@ import json
 import sys
 import torch
 from rnnsweep import fast
-from rnnsweep.fast import cpu_rnn, row_adam
+from rnnsweep.fast import cpu_rnn, embedding, row_adam
 from rnnsweep.model import TextClassifier
 from rnnsweep.fast.optimizers import make_optimizer
 
 name = sys.argv[1]
-loops = [cpu_rnn._lstm_forward, cpu_rnn._lstm_backward, row_adam._merge_rows]
+loops = [cpu_rnn._lstm_forward, cpu_rnn._lstm_backward, row_adam._merge_rows, embedding._zero_entries]
 if name == "adam":
     loops += [row_adam.adam_rows, row_adam._catch_up]
 

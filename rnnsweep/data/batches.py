@@ -33,31 +33,29 @@ class Batch:
 
 
 @JIT
-def _longest(offsets, rows):
+def _gather(ids, offsets, labels, rows, pad):
+    """The batch's (ids padded to its longest row, lengths, labels), allocated here: one compiled
+    call, where allocating three tensors and viewing them as arrays cost as much as the gather."""
     width = 0
     for r in rows:
         width = max(width, offsets[r + 1] - offsets[r])
-    return width
-
-
-@JIT
-def _fill(ids, offsets, labels, rows, pad, out_ids, out_lengths, out_labels):
+    out_ids = np.empty((rows.shape[0], width), dtype=np.int64)
+    out_lengths = np.empty(rows.shape[0], dtype=np.int64)
+    out_labels = np.empty(rows.shape[0], dtype=np.int64)
     for b in range(rows.shape[0]):
         start, end = offsets[rows[b]], offsets[rows[b] + 1]
         out_lengths[b] = end - start
         out_labels[b] = labels[rows[b]]
         out_ids[b, : end - start] = ids[start:end]
         out_ids[b, end - start :] = pad
+    return out_ids, out_lengths, out_labels
 
 
 def collate(data: EncodedTexts, rows: np.ndarray, pin: bool = False) -> Batch:
     # One compiled pass over the batch's rows: a quarter of a step's overhead was this gather in numpy.
-    offsets, rows = np.asarray(data.offsets), np.asarray(rows, dtype=np.int64)
-    ids = torch.empty(len(rows), _longest(offsets, rows), dtype=torch.int64)
-    lengths = torch.empty(len(rows), dtype=torch.int64)
-    labels = torch.empty(len(rows), dtype=torch.int64)
-    _fill(np.asarray(data.ids), offsets, np.asarray(data.labels), rows, PAD_ID, ids.numpy(), lengths.numpy(),
-          labels.numpy())
+    ids, lengths, labels = _gather(np.asarray(data.ids), np.asarray(data.offsets), np.asarray(data.labels),
+                                   np.asarray(rows, dtype=np.int64), PAD_ID)
+    ids, lengths, labels = torch.from_numpy(ids), torch.from_numpy(lengths), torch.from_numpy(labels)
     batch = Batch(ids, lengths, labels)
     if pin:  # page-locked host memory: the copy to the GPU can overlap with compute
         batch = Batch(batch.ids.pin_memory(), batch.lengths, batch.labels.pin_memory())
@@ -89,21 +87,21 @@ def batch_rows(
     """
     n = len(data)
     order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
+    count = -(-n // batch_size)
+    keep = count if limit is None else min(count, -(-limit // batch_size))
     if bucket_pool:
         lengths = data.lengths
         pool = batch_size * bucket_pool
-        rows = []
         for start in range(0, n, pool):
             chunk = order[start : start + pool]
-            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-            rows.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-        if shuffle:
-            rows = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
+            chunk[:] = chunk[np.argsort(lengths[chunk], kind="stable")]
+        # A pool holds whole batches (the last pool's last batch may be short), so batch j is
+        # order[j * batch_size:][:batch_size]. Only the batches kept are cut (an epoch_size of a
+        # tenth of the data used to cut all of them, every epoch).
+        picks = torch.randperm(count, generator=generator)[:keep].tolist() if shuffle else range(keep)
     else:
-        rows = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    if limit is not None:
-        rows = rows[: -(-limit // batch_size)]
-    return rows
+        picks = range(keep)
+    return [order[j * batch_size : (j + 1) * batch_size] for j in picks]
 
 
 def iterate(data: EncodedTexts, batch_size: int, *, pin: bool = False, **order) -> Iterator[Batch]:
