@@ -93,7 +93,7 @@ class TextClassifier(nn.Module):
         self.bidirectional, self.num_layers = bidirectional, num_layers
         self.dropout = dropout
         # Sparse gradients: a step touches only the rows of the batch's tokens (optimizer=sparse_adam).
-        self.embedding = fast.Embedding(vocab_size, embed_dim, padding_idx=pad_id, sparse=sparse_embedding)
+        self.embedding = Lookup(vocab_size, embed_dim, padding_idx=pad_id, sparse=sparse_embedding)
         if embed_init == "shifted_normal":
             with torch.no_grad():  # the lesson's LSTM: randn - 0.5, padding row included
                 self.embedding.weight.copy_(torch.randn_like(self.embedding.weight) - 0.5)
@@ -131,7 +131,8 @@ class TextClassifier(nn.Module):
         self.fc = nn.Linear(features, num_classes)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(ids)
+        padding = self._padding_left_to_the_layer(ids)
+        x = self.embedding(ids, mask_padding=padding is None)
 
         def mask() -> torch.Tensor:  # only the poolings that read padding build it
             return padding_mask(lengths, ids.size(1), ids.device)
@@ -144,37 +145,54 @@ class TextClassifier(nn.Module):
         packed_on_padded = self.packed and not self.native_packing and x.device.type == "cpu"
         if self.pooling in ("seed_mean", "seed_hlast"):
             if packed_on_padded:
-                out, h_last = self._packed_on_padded(x, lengths, mask())
+                out, h_last = self._packed_on_padded(x, lengths, mask(), padding)
             else:
-                out, h_last = self._run_as_written(x, lengths)
+                out, h_last = self._run_as_written(x, lengths, padding)
             return self.fc(out.mean(dim=1) if self.pooling == "seed_mean" else h_last)
         if packed_on_padded:
-            out = self._bidirectional_padded(x, lengths) if self.bidirectional else self._stack(x)
+            out = self._bidirectional_padded(x, lengths) if self.bidirectional else self._stack(x, padding=padding)
         elif self.packed:
             out, _ = self._run_packed(x, lengths)
         elif self.bidirectional:
             out = self._bidirectional_padded(x, lengths)
         else:
-            out = self._stack(x)
+            out = self._stack(x, padding=padding)
         if self.pooling == "last":
             return self.fc(self._last(out, lengths))
         return self.fc(self._pool_masked(out, mask(), lengths))
 
-    def _packed_on_padded(self, x, lengths, mask):
+    def _padding_left_to_the_layer(self, ids: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+        """(ids, pad id) where the first compiled layer, the only reader of the embedding's output,
+        leaves the padding positions' gradient out itself (fast.layer's `padding`); None elsewhere.
+
+        With `padding_idx`, torch's sparse embedding backward selects the other tokens' entries with
+        a boolean mask over the batch (some 5% of the lesson's LSTM step); zeroing those positions'
+        rows in the layer's own fresh input gradient costs a pass over a few ids. The embedding's
+        gradient then holds the same sums for every row, and a zero for the padding row where
+        torch's holds no entry (the same dense gradient, the same steps for every optimizer here:
+        tested). Only the sparse CPU table on a unidirectional compiled stack takes this way."""
+        emb = self.embedding
+        if (self.rnn is None or self.bidirectional or (self.packed and self.native_packing) or not emb.sparse
+                or emb.padding_idx is None or not emb.weight.requires_grad or not torch.is_grad_enabled()
+                or emb.max_norm is not None or emb.scale_grad_by_freq or not self._compiled(emb.weight, self.rnn)):
+            return None
+        return ids, emb.padding_idx
+
+    def _packed_on_padded(self, x, lengths, mask, padding=None):
         """What a packed run returns, from the padded kernel: outputs zero after each sequence's
         end (as pad_packed_sequence gives them) and h_n[-1] (the last layer's last direction)."""
-        out = self._bidirectional_padded(x, lengths) if self.bidirectional else self._stack(x)
+        out = self._bidirectional_padded(x, lengths) if self.bidirectional else self._stack(x, padding=padding)
         out = out * mask.unsqueeze(2).to(out.dtype)
         if self.bidirectional:  # h_n[-1] is the backward direction's state after position 0
             return out, out[:, 0, out.size(2) // 2 :]
         return out, out[torch.arange(out.size(0), device=out.device), lengths.to(out.device) - 1]
 
-    def _run_as_written(self, x, lengths):
+    def _run_as_written(self, x, lengths, padding=None):
         """The outputs and h_n[-1] (the last layer's last direction) of `self.rnn` as the lesson runs it."""
         if self.packed:
             out, h = self._run_packed(x, lengths)
         elif self._compiled(x, self.rnn):  # the last layer's state after the last (padded) step
-            out = self._stack(x, compiled=True)
+            out = self._stack(x, compiled=True, padding=padding)
             return out, out[:, -1]
         else:
             out, h = self.rnn(x)
@@ -183,16 +201,22 @@ class TextClassifier(nn.Module):
     def _compiled(self, x, rnn) -> bool:
         return self.compiled_rnn and fast.applies(x, rnn)
 
-    def _stack(self, x: torch.Tensor, compiled: bool | None = None) -> torch.Tensor:
-        """self.rnn(x)'s outputs for a unidirectional stack; on the CPU, the compiled layers run it."""
+    def _stack(self, x: torch.Tensor, compiled: bool | None = None, padding=None) -> torch.Tensor:
+        """self.rnn(x)'s outputs for a unidirectional stack; on the CPU, the compiled layers run it.
+        `padding`: see _padding_left_to_the_layer (the first layer takes it)."""
         rnn = self.rnn
         if not (self._compiled(x, rnn) if compiled is None else compiled):
+            if padding is not None:  # the embedding left its padding mask to a layer that is not here
+                raise RuntimeError("the padding positions' gradient was left to a compiled layer torch's layer replaced")
             return rnn(x)[0]
         weights = rnn._parameters
         for layer, names in enumerate(self._layer_weights):
             if layer > 0 and self.dropout > 0:
                 x = nn.functional.dropout(x, self.dropout, self.training)
-            x = fast.layer(rnn, x, *(weights[name] for name in names))
+            # A reparametrized weight (torch.nn.utils.parametrize, weight_norm, pruning) is no
+            # parameter of its own: getattr computes it.
+            x = fast.layer(rnn, x, *(weights[name] if name in weights else getattr(rnn, name) for name in names),
+                           padding=padding if layer == 0 else None)
         return x
 
     def _run_packed(self, x, lengths):
@@ -247,6 +271,17 @@ class TextClassifier(nn.Module):
         for twin in getattr(self, "_one_direction", []):
             twin._apply(fn, recurse)
         return self
+
+
+class Lookup(nn.Embedding):
+    """nn.Embedding; `mask_padding=False` leaves the padding row's gradient to the caller, who
+    must then zero what reaches the padding positions (TextClassifier's first compiled layer)."""
+
+    def forward(self, ids: torch.Tensor, mask_padding: bool = True) -> torch.Tensor:
+        if mask_padding:
+            return super().forward(ids)
+        return nn.functional.embedding(ids, self.weight, None, self.max_norm, self.norm_type, self.scale_grad_by_freq,
+                                       self.sparse)
 
 
 def count_parameters(model: nn.Module) -> int:

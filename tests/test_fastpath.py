@@ -94,6 +94,36 @@ def test_collate_reads_memory_mapped_int32_arrays(tmp_path):
     assert torch.equal(a.ids, b.ids) and b.ids.dtype == torch.int64
 
 
+BATCH_WARM_UP_SCRIPT = """
+import json, sys
+import numpy as np, torch
+from pathlib import Path
+from rnnsweep.data import EncodedTexts, batches
+
+root = Path(sys.argv[1])
+rng = np.random.default_rng(0)
+lengths = rng.integers(1, 30, size=500)
+arrays = {"ids": rng.integers(2, 50, size=int(lengths.sum())).astype(np.int32),
+          "offsets": np.concatenate(([0], np.cumsum(lengths))), "labels": rng.integers(0, 4, size=500)}
+for name, array in arrays.items():
+    np.save(root / f"{name}.npy", array)
+data = EncodedTexts(*(np.load(root / f"{name}.npy", mmap_mode="r") for name in arrays))
+loops = [batches._gather, batches._sort_pools]
+batches.warm_up(data)
+warmed = [len(loop.signatures) for loop in loops]
+for batch in batches.iterate(data, 16, shuffle=True, generator=torch.Generator().manual_seed(0), bucket_pool=5, limit=200):
+    pass
+print(json.dumps([warmed, [len(loop.signatures) for loop in loops]]))
+"""
+
+
+def test_the_batch_warm_up_readies_the_loops_an_epoch_of_a_memory_mapped_cache_calls(tmp_path):
+    res = subprocess.run([sys.executable, "-c", BATCH_WARM_UP_SCRIPT, str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    warmed, cut = json.loads(res.stdout.strip().splitlines()[-1])
+    assert all(n >= 1 for n in warmed) and cut == warmed
+
+
 def model(sparse: bool = False) -> TextClassifier:
     torch.manual_seed(0)
     return TextClassifier(60, 4, arch="lstm", embed_dim=8, hidden_dim=8, pooling="last", sparse_embedding=sparse)
@@ -271,7 +301,7 @@ def test_runtime_compiled_rnn_picks_the_layer_a_run_trains_and_threads_reach_its
     from rnnsweep import fast
     calls = []
     real_layer = fast.layer
-    monkeypatch.setattr(fast, "layer", lambda *a: calls.append(1) or real_layer(*a))  # counts, then computes
+    monkeypatch.setattr(fast, "layer", lambda *a, **kw: calls.append(1) or real_layer(*a, **kw))  # counts, then computes
     fast.set_threads(2)
     settings = config.validate(compose_cfg([*TINY, "model=lstm", "runtime.device=cpu", "runtime.threads=1",
                                             f"runtime.compiled_rnn={str(compiled).lower()}"]))
@@ -442,12 +472,12 @@ import json
 import sys
 import torch
 from rnnsweep import fast
-from rnnsweep.fast import cpu_rnn, embedding, row_adam
+from rnnsweep.fast import cpu_rnn, row_adam
 from rnnsweep.model import TextClassifier
 from rnnsweep.fast.optimizers import make_optimizer
 
 name = sys.argv[1]
-loops = [cpu_rnn._lstm_forward, cpu_rnn._lstm_backward, row_adam._merge_rows, embedding._zero_entries]
+loops = [cpu_rnn._lstm_forward, cpu_rnn._lstm_backward, row_adam._merge_rows, cpu_rnn._zero_rows]
 if name == "adam":
     loops += [row_adam.adam_rows, row_adam._catch_up]
 

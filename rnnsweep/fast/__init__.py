@@ -8,7 +8,6 @@ rest of rnnsweep. The training loop knows none of it: it gets a `torch.optim.Opt
   model (sparse embedding or not) and the optimizer are both built from that one answer.
 - `make_optimizer`: torch's optimizers, or ours (optimizers.py), for a model.
 - `layer`, `applies`, `WEIGHTS`: one compiled RNN/GRU/LSTM layer (cpu_rnn.py), for the model.
-- `Embedding`: nn.Embedding whose sparse gradient leaves the padding row out at less cost (embedding.py).
 - `warm_up`, `set_threads`: compile (or load) the loops before training; their thread count.
 - `ThreadGovernor`: trains on all the run's threads or on one, whichever is faster right now.
 """
@@ -20,11 +19,10 @@ from typing import Callable
 import torch
 
 from .cpu_rnn import WEIGHTS, applies, kind_of, layer, set_threads
-from .embedding import Embedding
 from .optimizers import DeferredAdam, LazyAdam, make_optimizer
 from .threads import ThreadGovernor
 
-__all__ = ["WEIGHTS", "Embedding", "ThreadGovernor", "applies", "embedding_grad", "layer", "make_optimizer", "pending_work",
+__all__ = ["WEIGHTS", "ThreadGovernor", "applies", "embedding_grad", "layer", "make_optimizer", "pending_work",
            "set_threads", "warm_up"]
 
 
@@ -60,8 +58,6 @@ def warm_up(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, compile
         groups.append("adam")
     elif isinstance(optimizer, LazyAdam):
         groups.append("lazy_adam")
-    if any(isinstance(m, Embedding) and m.sparse and m.padding_idx is not None for m in model.modules()):
-        groups.append("sparse_embedding")
     if groups:
         from .compile import prepare
 

@@ -22,26 +22,24 @@ from typing import Callable
 
 import torch
 
-from . import cpu_rnn, embedding, optimizers, row_adam
+from . import cpu_rnn, optimizers, row_adam
 
 log = logging.getLogger(__name__)
 
 # Each group's loops, and what calls each once on tiny tensors (the signatures a run uses).
 GROUPS: dict[str, tuple[tuple, Callable[[], None]]] = {
-    "lstm": ((cpu_rnn._lstm_forward, cpu_rnn._lstm_backward), lambda: cpu_rnn.warm_up(torch.nn.LSTM)),
-    "gru": ((cpu_rnn._gru_forward, cpu_rnn._gru_backward), lambda: cpu_rnn.warm_up(torch.nn.GRU)),
-    "rnn": ((cpu_rnn._rnn_forward, cpu_rnn._rnn_backward), lambda: cpu_rnn.warm_up(torch.nn.RNN)),
+    "lstm": ((cpu_rnn._lstm_forward, cpu_rnn._lstm_backward, cpu_rnn._zero_rows), lambda: cpu_rnn.warm_up(torch.nn.LSTM)),
+    "gru": ((cpu_rnn._gru_forward, cpu_rnn._gru_backward, cpu_rnn._zero_rows), lambda: cpu_rnn.warm_up(torch.nn.GRU)),
+    "rnn": ((cpu_rnn._rnn_forward, cpu_rnn._rnn_backward, cpu_rnn._zero_rows), lambda: cpu_rnn.warm_up(torch.nn.RNN)),
     "adam": ((row_adam.adam_rows, row_adam._catch_up, row_adam._merge_rows), lambda: optimizers.warm_up(lazy=False)),
     "lazy_adam": ((row_adam._merge_rows,), lambda: optimizers.warm_up(lazy=True)),
-    "sparse_embedding": ((embedding._zero_entries,), embedding.warm_up),
 }
 LABELS = {"lstm": "LSTM layer", "gru": "GRU layer", "rnn": "RNN layer", "adam": "deferred Adam",
-          "lazy_adam": "lazy Adam",
-          "sparse_embedding": "sparse embedding gradient"}
+          "lazy_adam": "lazy Adam"}
 # Seconds each group took to compile from a cold cache on a 2-core machine (benchmarks/README.md):
 # what the first run announces.
 HELPER_TIMEOUT_S = 600
-COLD_SECONDS = {"lstm": 11, "gru": 8, "rnn": 5, "adam": 11, "lazy_adam": 3, "sparse_embedding": 1}
+COLD_SECONDS = {"lstm": 11, "gru": 8, "rnn": 5, "adam": 11, "lazy_adam": 3}
 
 
 def is_cached(group: str) -> bool:

@@ -229,9 +229,17 @@ def _lstm_backward(grad_out, gates, cells, tanh_cells, w_hh, d_g):
 _SAVED_WIDTHS = {"rnn": (), "gru": ("width", "hidden"), "lstm": ("width", "hidden", "hidden")}
 
 
+@_jit
+def _zero_rows(d_x, ids, pad):
+    """d_x[k] = 0 wherever ids[k] == pad."""
+    for k in range(ids.shape[0]):
+        if ids[k] == pad:
+            d_x[k, :] = 0.0
+
+
 class _Layer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kind, x, w_ih, w_hh, b_ih, b_hh):
+    def forward(ctx, kind, padding, x, w_ih, w_hh, b_ih, b_hh):
         batch, steps, _ = x.shape
         width, hidden = w_hh.shape
         gi = torch.addmm(b_ih.detach(), x.detach().reshape(-1, x.shape[2]), w_ih.detach().t())
@@ -243,7 +251,7 @@ class _Layer(torch.autograd.Function):
         forward = {"rnn": _rnn_forward, "gru": _gru_forward, "lstm": _lstm_forward}[kind]
         forward(gi, w_hh.detach().t().contiguous().numpy(), b_hh.detach().numpy(), out.numpy(),
                 *(s.numpy() for s in saved))
-        ctx.kind = kind
+        ctx.kind, ctx.padding = kind, padding
         ctx.save_for_backward(x, w_ih, w_hh, out, *saved)
         return out
 
@@ -265,11 +273,17 @@ class _Layer(torch.autograd.Function):
             _gru_backward(grad, out.numpy(), *(s.numpy() for s in saved), w, d_gi.numpy(), d_gh.numpy())
         h_prev = torch.cat([out.new_zeros(batch, 1, hidden), out[:, :-1]], dim=1).reshape(-1, hidden)
         flat_gi, flat_gh = d_gi.view(-1, width), d_gh.view(-1, width)
-        d_x = (flat_gi @ w_ih.detach()).view_as(x) if ctx.needs_input_grad[1] else None
+        d_x = None
+        if ctx.needs_input_grad[2]:
+            d_x = flat_gi @ w_ih.detach()
+            if ctx.padding is not None:  # a fresh tensor of this function's own: zeroed in place
+                ids, pad = ctx.padding
+                _zero_rows(d_x.numpy(), ids.reshape(-1).numpy(), pad)
+            d_x = d_x.view_as(x)
         d_w_ih = flat_gi.t() @ x.detach().reshape(-1, x.shape[2])
         d_b_ih = flat_gi.sum(0)
         d_b_hh = d_b_ih if d_gh is d_gi else flat_gh.sum(0)
-        return None, d_x, d_w_ih, flat_gh.t() @ h_prev, d_b_ih, d_b_hh
+        return None, None, d_x, d_w_ih, flat_gh.t() @ h_prev, d_b_ih, d_b_hh
 
 
 def kind_of(rnn: torch.nn.Module) -> str | None:
@@ -284,9 +298,14 @@ def kind_of(rnn: torch.nn.Module) -> str | None:
 
 
 def layer(rnn: torch.nn.Module, x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
-          b_hh: torch.Tensor) -> torch.Tensor:
-    """Outputs (B, T, H) of one batch-first layer of `rnn`'s kind, from a zero state."""
-    return _Layer.apply(kind_of(rnn), x.contiguous(), w_ih, w_hh, b_ih, b_hh)
+          b_hh: torch.Tensor, padding: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
+    """Outputs (B, T, H) of one batch-first layer of `rnn`'s kind, from a zero state.
+
+    `padding` = (ids (B, T) int64, pad id): x is an embedding of `ids`, read by nothing else, and
+    the gradient that reaches it at the padding positions is left out (zero): all it would do is
+    reach the padding row, which takes none. The embedding then needs no padding mask of its own
+    in its sparse backward, which costs more than this (see model.TextClassifier)."""
+    return _Layer.apply(kind_of(rnn), padding, x.contiguous(), w_ih, w_hh, b_ih, b_hh)
 
 
 def applies(x: torch.Tensor, rnn: torch.nn.Module) -> bool:
@@ -304,7 +323,8 @@ def warm_up(cls: type[torch.nn.Module]) -> None:
     with torch.random.fork_rng(devices=[]):  # the run's own random stream stays where it was
         rnn = cls(2, 2, batch_first=True)
     x = torch.zeros(2, 3, 2, requires_grad=True)
-    layer(rnn, x, *(getattr(rnn, f"{name}_l0") for name in WEIGHTS)).sum().backward()
+    padding = (torch.zeros(2, 3, dtype=torch.int64), 0)
+    layer(rnn, x, *(getattr(rnn, f"{name}_l0") for name in WEIGHTS), padding=padding).sum().backward()
 
 
 @functools.cache

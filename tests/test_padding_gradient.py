@@ -1,16 +1,13 @@
-"""fast.Embedding: the padding row's sparse gradient zeroed in place instead of masked out, with
-every optimizer that reads it giving the numbers it gives with torch's own nn.Embedding."""
+"""The padding row's sparse gradient left out by the first compiled layer (it zeroes the padding
+positions' rows of its own input gradient) instead of torch's mask in the embedding's backward:
+the same gradient, and every optimizer giving the numbers it gives with torch's mask."""
 
 from __future__ import annotations
-
-import copy
-import io
 
 import numpy as np
 import pytest
 import torch
 
-from rnnsweep import fast
 from rnnsweep.data import EncodedTexts
 from rnnsweep.data.batches import collate
 from rnnsweep.fast.optimizers import make_optimizer
@@ -30,12 +27,12 @@ def batches(steps: int) -> list:
     return [collate(data, np.arange(i * 16, i * 16 + 16)) for i in range(steps)]
 
 
-def classifier(torch_embedding: bool) -> TextClassifier:
+def classifier(torch_embedding: bool, **kw) -> TextClassifier:
     torch.manual_seed(0)
-    net = TextClassifier(40, 4, arch="lstm", embed_dim=8, hidden_dim=8, pooling="seed_hlast", pad_id=PAD,
-                         embed_init="shifted_normal", sparse_embedding=True)
-    if torch_embedding:  # the same weights, torch's forward and backward (the mask)
-        net.embedding.__class__ = torch.nn.Embedding
+    net = TextClassifier(40, 4, **{"arch": "lstm", "embed_dim": 8, "hidden_dim": 8, "pooling": "seed_hlast",
+                                   "pad_id": PAD, "embed_init": "shifted_normal", "sparse_embedding": True, **kw})
+    if torch_embedding:  # the same weights, torch's mask in the embedding's backward
+        net._padding_left_to_the_layer = lambda ids: None
     return net
 
 
@@ -50,6 +47,8 @@ def test_the_padding_rows_gradient_is_zero_and_every_other_rows_is_torchs():
         grads[torch_embedding] = net.embedding.weight.grad
     ours, theirs = grads[False], grads[True]
     assert ours.is_sparse and theirs.is_sparse
+    # Each way was taken: ours holds the padding row's entries (zero), torch's leaves them out.
+    assert (ours.coalesce().indices()[0] == PAD).any() and not (theirs.coalesce().indices()[0] == PAD).any()
     assert torch.equal(ours.to_dense(), theirs.to_dense())
     assert not ours.to_dense()[PAD].any()
     # The test reaches the padding entries: without the mask or the hook they are not zero.
@@ -112,38 +111,37 @@ def test_deferred_adamws_padding_row_decays_as_dense_adamws():
     assert torch.equal(ours.embedding.weight[PAD], dense.embedding.weight[PAD])
 
 
-@pytest.mark.parametrize("copy_how", ["deepcopy", "torch.save"])
-def test_a_copied_embedding_still_zeroes_the_padding_rows_gradient(copy_how):
-    """A deep copy or a pickle drops tensor hooks: the lookup puts the hook back."""
+def test_torch_autograd_grad_sees_the_same_gradient():
+    """The padding positions are left out inside the graph, not by a hook on .grad: autograd.grad agrees."""
     b = batches(1)[0]
-    net = classifier(False)
-    net(b.ids, b.lengths)
-    if copy_how == "deepcopy":
-        other = copy.deepcopy(net)
-    else:
-        buf = io.BytesIO()
-        torch.save(net, buf)
-        buf.seek(0)
-        other = torch.load(buf, weights_only=False)
-    assert not other.embedding.weight._post_accumulate_grad_hooks
-    torch.nn.functional.cross_entropy(other(b.ids, b.lengths), b.labels).backward()
-    assert not other.embedding.weight.grad.to_dense()[PAD].any()
-    assert len(other.embedding.weight._post_accumulate_grad_hooks) == 1
-    other(b.ids, b.lengths)  # one hook, however many lookups
-    assert len(other.embedding.weight._post_accumulate_grad_hooks) == 1
+    grads = []
+    for torch_embedding in (True, False):
+        net = classifier(torch_embedding)
+        loss = torch.nn.functional.cross_entropy(net(b.ids, b.lengths), b.labels)
+        grads.append(torch.autograd.grad(loss, net.embedding.weight)[0].to_dense())
+    assert torch.equal(*grads) and not grads[0][PAD].any()
 
 
-@pytest.mark.parametrize("case", ["dense", "float64", "no padding row"])
-def test_elsewhere_it_is_torchs_embedding(case):
-    ids = torch.tensor([[3, 1, 0, 0], [2, 2, 1, 0]])
-    kw = {"sparse": case != "dense", "padding_idx": None if case == "no padding row" else 0}
-    dtype = torch.float64 if case == "float64" else torch.float32
-    torch.manual_seed(1)
-    ours = fast.Embedding(5, 3, dtype=dtype, **kw)
-    theirs = torch.nn.Embedding(5, 3, dtype=dtype, **kw)
-    theirs.load_state_dict(ours.state_dict())
-    for emb in (ours, theirs):
-        (emb(ids) * torch.arange(3, dtype=dtype)).sum().backward()
-    g, h = ours.weight.grad, theirs.weight.grad
-    assert torch.equal(g.to_dense() if g.is_sparse else g, h.to_dense() if h.is_sparse else h)
-    assert not ours.weight._post_accumulate_grad_hooks
+@pytest.mark.parametrize("kw", [
+    {"pooling": "last"}, {"pooling": "mean", "num_layers": 2}, {"pooling": "seed_hlast", "packed": True},
+    {"pooling": "max", "bidirectional": True}, {"pooling": "mean", "arch": "bow"}, {"pooling": "last", "arch": "gru"},
+    {"pooling": "last", "compiled_rnn": False}, {"pooling": "attention", "arch": "rnn"},
+])
+def test_every_model_gives_torchs_embedding_gradient(kw):
+    b = batches(1)[0]
+    grads = []
+    for torch_embedding in (True, False):
+        net = classifier(torch_embedding, **kw)
+        torch.nn.functional.cross_entropy(net(b.ids, b.lengths), b.labels).backward()
+        grads.append(net.embedding.weight.grad.to_dense())
+    assert torch.equal(*grads) and not grads[0][PAD].any()
+
+
+def test_a_reparametrized_recurrent_weight_is_read_through_its_parametrization():
+    b = batches(1)[0]
+    outputs = []
+    for compiled in (True, False):
+        net = classifier(False, pooling="last", compiled_rnn=compiled)
+        torch.nn.utils.parametrizations.orthogonal(net.rnn, "weight_hh_l0")
+        outputs.append(net(b.ids, b.lengths))
+    torch.testing.assert_close(*outputs)
