@@ -206,8 +206,8 @@ class Classifier:
     def batches(self, data: EncodedTexts) -> Iterator[tuple[np.ndarray, batches.Batch]]:
         """(row indices, batch) in the order the run's evaluation would cut them from `data`."""
         whole = batches.num_batches(data, self.batch_size) if self.bucket else None
-        for rows in batches.batch_rows(data, self.batch_size, shuffle=False, bucket_pool=whole or None):
-            yield rows, batches.collate(data, rows).to(self.device)
+        for rows, batch in batches.iterate_with_rows(data, self.batch_size, shuffle=False, bucket_pool=whole or None):
+            yield rows, batch.to(self.device)
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """(n, K) float32 logits, rows in the order of `texts`."""

@@ -15,7 +15,8 @@ import torch
 
 from conftest import TINY
 from rnnsweep import config, run
-from rnnsweep.data import EncodedTexts
+from rnnsweep.data import EncodedTexts, batches
+from rnnsweep.data.tokenization import PAD_ID
 from rnnsweep.data.batches import batch_rows, collate, num_batches
 from rnnsweep.model import TextClassifier
 from rnnsweep.fast.optimizers import DenseAdam, LazyAdam, RowAdam, ScatteredGrad, make_optimizer
@@ -86,6 +87,43 @@ def test_batches_are_cut_as_defined_for_every_epoch_size(n, bucket_pool):
                 assert len(ours) == len(defined) and all(map(np.array_equal, ours, defined))
 
 
+def padded_as_defined(data: EncodedTexts, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A batch's (ids padded with PAD_ID to its longest row, lengths, labels), row by row."""
+    lengths = data.lengths[rows]
+    ids = np.full((len(rows), int(lengths.max(initial=0))), PAD_ID, dtype=np.int64)
+    for b, row in enumerate(rows):
+        ids[b, : lengths[b]] = data.ids[data.offsets[row] : data.offsets[row + 1]]
+    return ids, lengths, data.labels[rows]
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 40, batches.CHUNK_ROWS])
+def test_iterate_cuts_the_batches_batch_rows_names_across_its_chunks(monkeypatch, chunk_rows):
+    # iterate cuts many batches per compiled call into views of one buffer: every batch must still
+    # be the one batch_rows names, padded as defined, and no two may share memory.
+    monkeypatch.setattr(batches, "CHUNK_ROWS", chunk_rows)
+    for n in (1, 17, 801):
+        data = texts(n)
+        for batch_size, shuffle, bucket_pool, limit in [(1, True, None, None), (16, True, 4, None), (16, False, None, 50),
+                                                        (16, True, 50, 300), (7, False, 3, None)]:
+            order = dict(shuffle=shuffle, bucket_pool=bucket_pool, limit=limit)
+            names = batch_rows(data, batch_size, generator=torch.Generator().manual_seed(5), **order)
+            cut = list(batches.iterate(data, batch_size, generator=torch.Generator().manual_seed(5), **order))
+            assert len(cut) == len(names)
+            with_rows = list(batches.iterate_with_rows(data, batch_size, generator=torch.Generator().manual_seed(5),
+                                                       **order))
+            assert all(np.array_equal(rows, named) and torch.equal(batch.ids, b.ids)
+                       for (rows, batch), named, b in zip(with_rows, names, cut, strict=True))
+            for batch, rows in zip(cut, names):
+                ids, lengths, labels = padded_as_defined(data, rows)
+                assert batch.ids.dtype == torch.int64 and batch.ids.is_contiguous()
+                assert np.array_equal(batch.ids.numpy(), ids)
+                assert np.array_equal(batch.lengths.numpy(), lengths) and np.array_equal(batch.labels.numpy(), labels)
+            for k, batch in enumerate(cut):  # a batch sharing memory with an earlier one overwrites it here
+                for part in (batch.ids, batch.lengths, batch.labels):
+                    part.fill_(-k)
+            assert all(bool((part == -k).all()) for k, b in enumerate(cut) for part in (b.ids, b.lengths, b.labels))
+
+
 def test_collate_reads_memory_mapped_int32_arrays(tmp_path):
     data = texts(50)
     np.save(tmp_path / "ids.npy", data.ids.astype(np.int32))
@@ -112,6 +150,8 @@ loops = [batches._gather, batches._sort_pools]
 batches.warm_up(data)
 warmed = [len(loop.signatures) for loop in loops]
 for batch in batches.iterate(data, 16, shuffle=True, generator=torch.Generator().manual_seed(0), bucket_pool=5, limit=200):
+    pass
+for batch in batches.iterate(data, 64, shuffle=False, bucket_pool=8):  # as evaluation cuts them
     pass
 print(json.dumps([warmed, [len(loop.signatures) for loop in loops]]))
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -32,42 +33,60 @@ class Batch:
         )
 
 
+# Rows an `iterate` cuts in one compiled call: a few hundred kilobytes of ids.
+CHUNK_ROWS = 2048
+
+
 @JIT
-def _gather(ids, offsets, labels, rows, pad):
-    """The batch's (ids padded to its longest row, lengths, labels), allocated here: one compiled
-    call, where allocating three tensors and viewing them as arrays cost as much as the gather."""
-    width = 0
-    for r in rows:
-        width = max(width, offsets[r + 1] - offsets[r])
-    out_ids = np.empty((rows.shape[0], width), dtype=np.int64)
-    out_lengths = np.empty(rows.shape[0], dtype=np.int64)
-    out_labels = np.empty(rows.shape[0], dtype=np.int64)
-    for b in range(rows.shape[0]):
-        start, end = offsets[rows[b]], offsets[rows[b] + 1]
-        out_lengths[b] = end - start
-        out_labels[b] = labels[rows[b]]
-        out_ids[b, : end - start] = ids[start:end]
-        out_ids[b, end - start :] = pad
-    return out_ids, out_lengths, out_labels
+def _gather(ids, offsets, labels, order, picks, batch_size, pad):
+    """Batches picks[0], picks[1], ... of `order` (batch j holds rows order[j * batch_size:][:batch_size]),
+    in one compiled call: all their ids, each batch padded to its longest row, one after another
+    in one flat array; each batch's size and width; all their lengths and labels."""
+    count = picks.shape[0]
+    sizes = np.empty(count, dtype=np.int64)
+    widths = np.empty(count, dtype=np.int64)
+    cells, rows = 0, 0
+    for j in range(count):
+        start = picks[j] * batch_size
+        end = min(start + batch_size, order.shape[0])
+        width = 0
+        for i in range(start, end):
+            width = max(width, offsets[order[i] + 1] - offsets[order[i]])
+        sizes[j], widths[j] = end - start, width
+        cells += (end - start) * width
+        rows += end - start
+    out_ids = np.empty(cells, dtype=np.int64)
+    out_lengths = np.empty(rows, dtype=np.int64)
+    out_labels = np.empty(rows, dtype=np.int64)
+    at, b = 0, 0
+    for j in range(count):
+        start = picks[j] * batch_size
+        for i in range(start, start + sizes[j]):
+            row = order[i]
+            first, last = offsets[row], offsets[row + 1]
+            out_lengths[b], out_labels[b] = last - first, labels[row]
+            out_ids[at : at + last - first] = ids[first:last]
+            out_ids[at + last - first : at + widths[j]] = pad
+            at += widths[j]
+            b += 1
+    return out_ids, sizes, widths, out_lengths, out_labels
+
+
+def _cut(data: EncodedTexts, order: np.ndarray, picks: np.ndarray, batch_size: int, pin: bool) -> list[Batch]:
+    """Batches picks[0], picks[1], ... of `order` (see _gather), each a view of one buffer."""
+    ids, sizes, widths, lengths, labels = (torch.from_numpy(a) for a in _gather(
+        np.asarray(data.ids), np.asarray(data.offsets), np.asarray(data.labels), order, picks, batch_size, PAD_ID))
+    if pin:  # page-locked host memory: the copy to the GPU can overlap with compute
+        ids, lengths, labels = ids.pin_memory(), lengths.pin_memory(), labels.pin_memory()
+    rows = sizes.tolist()
+    return [Batch(cells.view(size, width), batch_lengths, batch_labels) for cells, size, width, batch_lengths, batch_labels
+            in zip(ids.split((sizes * widths).tolist()), rows, widths.tolist(), lengths.split(rows), labels.split(rows))]
 
 
 def collate(data: EncodedTexts, rows: np.ndarray, pin: bool = False) -> Batch:
-    # One compiled pass over the batch's rows: a quarter of a step's overhead was this gather in numpy.
-    ids, lengths, labels = _gather(np.asarray(data.ids), np.asarray(data.offsets), np.asarray(data.labels),
-                                   np.asarray(rows, dtype=np.int64), PAD_ID)
-    ids, lengths, labels = torch.from_numpy(ids), torch.from_numpy(lengths), torch.from_numpy(labels)
-    batch = Batch(ids, lengths, labels)
-    if pin:  # page-locked host memory: the copy to the GPU can overlap with compute
-        batch = Batch(batch.ids.pin_memory(), batch.lengths, batch.labels.pin_memory())
-    return batch
-
-
-def warm_up(data: EncodedTexts) -> None:
-    """Cut one batch and sort one pool, so that compiling their loops for these arrays' types (or
-    loading them from numba's disk cache) is not counted as training time."""
-    if len(data):
-        collate(data, np.zeros(1, dtype=np.int64))
-        _sort_pools(np.zeros(1, dtype=np.int64), data.lengths, 1)
+    """The batch of the given rows, in that order."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return _cut(data, rows, np.zeros(1, dtype=np.int64), len(rows), pin)[0]
 
 
 @JIT
@@ -94,7 +113,7 @@ def _sort_pools(order, lengths, pool):
         order[start:end] = sorted_[: end - start]
 
 
-def batch_rows(
+def _plan(
     data: EncodedTexts,
     batch_size: int,
     *,
@@ -102,16 +121,10 @@ def batch_rows(
     generator: torch.Generator | None = None,
     bucket_pool: int | None = None,
     limit: int | None = None,
-) -> list[np.ndarray]:
-    """Each batch's row indices. Shuffled with `generator`, else in stored order.
-
-    With `bucket_pool`, the shuffled rows are cut into pools of `bucket_pool` batches, each pool
-    is sorted by length and cut into batches, and the batches are shuffled: every batch holds
-    texts of similar length (little padding), while which texts meet stays random.
-    `limit` keeps the first batches that hold `limit` examples (the lesson's epoch_size).
-    """
+) -> tuple[np.ndarray, np.ndarray]:
+    """(order, picks): the epoch's batches are order[j * batch_size:][:batch_size] for j in picks."""
     n = len(data)
-    order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
+    order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n, dtype=np.int64)
     count = -(-n // batch_size)
     keep = count if limit is None else min(count, -(-limit // batch_size))
     if bucket_pool:
@@ -119,16 +132,56 @@ def batch_rows(
         # A pool holds whole batches (the last pool's last batch may be short), so batch j is
         # order[j * batch_size:][:batch_size]. Only the batches kept are cut (an epoch_size of a
         # tenth of the data used to cut all of them, every epoch).
-        picks = torch.randperm(count, generator=generator)[:keep].tolist() if shuffle else range(keep)
+        picks = torch.randperm(count, generator=generator)[:keep].numpy() if shuffle else np.arange(keep)
     else:
-        picks = range(keep)
-    return [order[j * batch_size : (j + 1) * batch_size] for j in picks]
+        picks = np.arange(keep)
+    return order, picks.astype(np.int64, copy=False)
+
+
+def batch_rows(data: EncodedTexts, batch_size: int, **order) -> list[np.ndarray]:
+    """Each batch's row indices. Shuffled with `generator`, else in stored order.
+
+    With `bucket_pool`, the shuffled rows are cut into pools of `bucket_pool` batches, each pool
+    is sorted by length and cut into batches, and the batches are shuffled: every batch holds
+    texts of similar length (little padding), while which texts meet stays random.
+    `limit` keeps the first batches that hold `limit` examples (the lesson's epoch_size).
+    Keywords: shuffle, generator=None, bucket_pool=None, limit=None.
+    """
+    rows, picks = _plan(data, batch_size, **order)
+    return [rows[j * batch_size : (j + 1) * batch_size] for j in picks.tolist()]
 
 
 def iterate(data: EncodedTexts, batch_size: int, *, pin: bool = False, **order) -> Iterator[Batch]:
-    """Padded batches, in the order `batch_rows(data, batch_size, **order)` gives; the last may be short."""
-    for rows in batch_rows(data, batch_size, **order):
-        yield collate(data, rows, pin)
+    """Padded batches, in the order `batch_rows(data, batch_size, **order)` gives; the last may be short.
+
+    They are cut CHUNK_ROWS rows at a time. One batch at a time, each cut came after a training
+    step had pushed the data and the interpreter's own state out of the CPU's caches, and cost
+    55-90 us where a chunk costs 20 a batch (2% of the lesson LSTM's step)."""
+    rows, picks = _plan(data, batch_size, **order)
+    # chain walks each chunk's list in C: no Python frame resumes between a chunk's batches.
+    return itertools.chain.from_iterable(_cut(data, rows, chunk, batch_size, pin) for chunk in _chunks(picks, batch_size))
+
+
+def iterate_with_rows(data: EncodedTexts, batch_size: int, *, pin: bool = False,
+                      **order) -> Iterator[tuple[np.ndarray, Batch]]:
+    """(row indices, batch) for each batch `iterate` gives, in its order."""
+    rows, picks = _plan(data, batch_size, **order)
+    for chunk in _chunks(picks, batch_size):
+        for j, batch in zip(chunk.tolist(), _cut(data, rows, chunk, batch_size, pin)):
+            yield rows[j * batch_size : (j + 1) * batch_size], batch
+
+
+def _chunks(picks: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    per_chunk = max(1, CHUNK_ROWS // batch_size)
+    return (picks[start : start + per_chunk] for start in range(0, len(picks), per_chunk))
+
+
+def warm_up(data: EncodedTexts) -> None:
+    """Cut one batch and sort one pool, so that compiling their loops for these arrays' types (or
+    loading them from numba's disk cache) is not counted as training time."""
+    if len(data):
+        collate(data, np.zeros(1, dtype=np.int64))
+        _sort_pools(np.zeros(1, dtype=np.int64), data.lengths, 1)
 
 
 def num_batches(data: EncodedTexts, batch_size: int, limit: int | None = None) -> int:
