@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.modules import module as torch_module
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from . import fast
@@ -25,6 +26,12 @@ RECURRENT = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 ARCHS = ("bow", *RECURRENT)
 POOLINGS = ("last", "mean", "max", "attention", "seed_mean", "seed_hlast")
 MASKED_POOLINGS = ("mean", "max", "attention")  # what a bag of embeddings can pool with
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether calling `module` runs any forward hook, its own or every module's."""
+    return bool(module._forward_pre_hooks or module._forward_hooks or torch_module._global_forward_pre_hooks
+                or torch_module._global_forward_hooks)
 
 
 def reverse_within_lengths(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -199,7 +206,10 @@ class TextClassifier(nn.Module):
         return out, (h[0] if isinstance(h, tuple) else h)[-1]
 
     def _compiled(self, x, rnn) -> bool:
-        return self.compiled_rnn and fast.applies(x, rnn)
+        # A hook on self.rnn runs only when it is called, which the compiled stack does not do:
+        # torch.nn.utils.prune and the older weight_norm recompute a weight in one, and the stack
+        # would train on a stale copy. Then torch's layer runs, hooks and all.
+        return self.compiled_rnn and fast.applies(x, rnn) and not _hooked(self.rnn)
 
     def _stack(self, x: torch.Tensor, compiled: bool | None = None, padding=None) -> torch.Tensor:
         """self.rnn(x)'s outputs for a unidirectional stack; on the CPU, the compiled layers run it.
@@ -226,6 +236,13 @@ class TextClassifier(nn.Module):
         return out, h
 
     def _bidirectional_padded(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # Each direction runs on its own here, with self.rnn's weights and never self.rnn itself:
+        # its forward pre-hooks run first, as a call would run them, since pruning and the older
+        # weight_norm recompute the weights read below in one. (Its forward hooks take outputs
+        # it never gives here: they do not run.)
+        rnn = self.rnn
+        for key, hook in rnn._forward_pre_hooks.items():
+            hook(rnn, (x,), {}) if key in rnn._forward_pre_hooks_with_kwargs else hook(rnn, (x,))
         for layer, twin in enumerate(self._one_direction):
             if layer > 0 and self.dropout > 0:
                 x = nn.functional.dropout(x, self.dropout, self.training)

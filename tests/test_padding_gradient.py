@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.utils.prune
 
 from rnnsweep.data import EncodedTexts
 from rnnsweep.data.batches import collate
@@ -145,3 +146,38 @@ def test_a_reparametrized_recurrent_weight_is_read_through_its_parametrization()
         torch.nn.utils.parametrizations.orthogonal(net.rnn, "weight_hh_l0")
         outputs.append(net(b.ids, b.lengths))
     torch.testing.assert_close(*outputs)
+
+
+def pruned_then_moved(net: TextClassifier, name: str) -> TextClassifier:
+    """`net` with `name` of its recurrent stack pruned (half its entries masked), then trained
+    once, the way a step moves it: weight_orig changes, and the pruned weight is recomputed
+    from it by prune's forward pre-hook on `net.rnn`."""
+    torch.nn.utils.prune.random_unstructured(net.rnn, name, amount=0.5)
+    with torch.no_grad():
+        getattr(net.rnn, f"{name}_orig").add_(0.5)
+    return net
+
+
+@pytest.mark.parametrize("kw", [{}, {"pooling": "last", "num_layers": 2}, {"pooling": "mean", "bidirectional": True},
+                                {"pooling": "last", "packed": True}])
+def test_a_pruned_recurrent_weight_is_recomputed_for_every_forward(kw):
+    # The compiled stack never calls net.rnn, so prune's pre-hook did not run: it read the pruned
+    # weight as computed at pruning time, not from the weights training had moved since.
+    b = batches(1)[0]
+    torch.manual_seed(1)
+    pruned = pruned_then_moved(classifier(False, **kw), "weight_hh_l0")
+    plain = classifier(False, **kw)
+    with torch.no_grad():  # the weights pruned's forward should see, as ordinary parameters
+        for name, value in pruned.rnn.named_buffers():
+            getattr(plain.rnn, name.removesuffix("_mask")).copy_(getattr(pruned.rnn, name.replace("_mask", "_orig"))
+                                                                 * value)
+    torch.testing.assert_close(pruned(b.ids, b.lengths), plain(b.ids, b.lengths))
+
+
+def test_forward_hooks_on_the_recurrent_stack_run():
+    b = batches(1)[0]
+    net = classifier(False, pooling="last")
+    seen = []
+    net.rnn.register_forward_hook(lambda module, args, out: seen.append(out[0].shape))
+    net(b.ids, b.lengths)
+    assert seen == [(16, b.ids.size(1), 8)]
