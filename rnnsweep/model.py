@@ -29,9 +29,26 @@ MASKED_POOLINGS = ("mean", "max", "attention")  # what a bag of embeddings can p
 
 
 def _hooked(module: nn.Module) -> bool:
-    """Whether calling `module` runs any forward hook, its own or every module's."""
-    return bool(module._forward_pre_hooks or module._forward_hooks or torch_module._global_forward_pre_hooks
-                or torch_module._global_forward_hooks)
+    """Whether calling `module` runs any hook, forward or backward, its own or every module's."""
+    return bool(module._forward_pre_hooks or module._forward_hooks or module._backward_pre_hooks
+                or module._backward_hooks or torch_module._global_forward_pre_hooks
+                or torch_module._global_forward_hooks or torch_module._global_backward_pre_hooks
+                or torch_module._global_backward_hooks)
+
+
+def _run_pre_hooks(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module`'s own forward pre-hooks on input `x`, as calling it would run them; the input they return."""
+    args, kwargs = (x,), {}
+    for key, hook in module._forward_pre_hooks.items():
+        if key in module._forward_pre_hooks_with_kwargs:
+            result = hook(module, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        else:
+            result = hook(module, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+    return args[0]
 
 
 def reverse_within_lengths(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -149,7 +166,8 @@ class TextClassifier(nn.Module):
         # PyTorch runs packed sequences on the CPU as a loop of single steps; the padded kernel
         # read at each sequence's own end computes the same numbers, much faster (tested).
         # On CUDA, cuDNN's packed kernel is fast: it is used as written.
-        packed_on_padded = self.packed and not self.native_packing and x.device.type == "cpu"
+        # A hooked stack keeps torch's packed path: its hooks are given the PackedSequence.
+        packed_on_padded = self.packed and not self.native_packing and x.device.type == "cpu" and not _hooked(self.rnn)
         if self.pooling in ("seed_mean", "seed_hlast"):
             if packed_on_padded:
                 out, h_last = self._packed_on_padded(x, lengths, mask(), padding)
@@ -237,12 +255,10 @@ class TextClassifier(nn.Module):
 
     def _bidirectional_padded(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # Each direction runs on its own here, with self.rnn's weights and never self.rnn itself:
-        # its forward pre-hooks run first, as a call would run them, since pruning and the older
-        # weight_norm recompute the weights read below in one. (Its forward hooks take outputs
-        # it never gives here: they do not run.)
-        rnn = self.rnn
-        for key, hook in rnn._forward_pre_hooks.items():
-            hook(rnn, (x,), {}) if key in rnn._forward_pre_hooks_with_kwargs else hook(rnn, (x,))
+        # its own forward pre-hooks run first, as a call would run them, since pruning and the
+        # older weight_norm recompute the weights read below in one. (Its forward and backward
+        # hooks take outputs and gradients it never gives here: they do not run.)
+        x = _run_pre_hooks(self.rnn, x)
         for layer, twin in enumerate(self._one_direction):
             if layer > 0 and self.dropout > 0:
                 x = nn.functional.dropout(x, self.dropout, self.training)

@@ -124,6 +124,17 @@ def test_iterate_cuts_the_batches_batch_rows_names_across_its_chunks(monkeypatch
             assert all(bool((part == -k).all()) for k, b in enumerate(cut) for part in (b.ids, b.lengths, b.labels))
 
 
+def test_iterate_builds_the_epochs_order_at_the_first_batch():
+    # fit starts the epoch's clock after asking for the epoch's batches: the shuffle and the
+    # pools' sort must happen inside it, at the first batch, not when iterate is called.
+    g = torch.Generator().manual_seed(0)
+    before = g.get_state()
+    epoch = batches.iterate(texts(100), 16, shuffle=True, generator=g, bucket_pool=2)
+    assert torch.equal(g.get_state(), before)
+    next(epoch)
+    assert not torch.equal(g.get_state(), before)
+
+
 def test_collate_reads_memory_mapped_int32_arrays(tmp_path):
     data = texts(50)
     np.save(tmp_path / "ids.npy", data.ids.astype(np.int32))

@@ -181,3 +181,38 @@ def test_forward_hooks_on_the_recurrent_stack_run():
     net.rnn.register_forward_hook(lambda module, args, out: seen.append(out[0].shape))
     net(b.ids, b.lengths)
     assert seen == [(16, b.ids.size(1), 8)]
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("with_kwargs", [False, True])
+def test_an_input_a_pre_hook_returns_is_the_one_the_stack_reads(bidirectional, with_kwargs):
+    # As torch calls a module: a pre-hook's returned arguments replace the input.
+    b = batches(1)[0]
+    kw = {"pooling": "mean", "bidirectional": bidirectional}
+    hooked, doubled = classifier(False, **kw), classifier(False, **kw)
+    if with_kwargs:
+        hooked.rnn.register_forward_pre_hook(lambda module, args, kwargs: ((args[0] * 2,), kwargs), with_kwargs=True)
+    else:
+        hooked.rnn.register_forward_pre_hook(lambda module, args: args[0] * 2)
+    with torch.no_grad():
+        doubled.embedding.weight.mul_(2)  # the padding row is zero either way
+    torch.testing.assert_close(hooked(b.ids, b.lengths), doubled(b.ids, b.lengths))
+
+
+def test_backward_hooks_on_the_recurrent_stack_run():
+    b = batches(1)[0]
+    net = classifier(False, pooling="last")
+    fired = []
+    net.rnn.register_full_backward_hook(lambda module, grad_in, grad_out: fired.append(len(grad_out)))
+    torch.nn.functional.cross_entropy(net(b.ids, b.lengths), b.labels).backward()
+    assert fired
+
+
+def test_a_hooked_packed_stack_is_given_the_packed_sequence():
+    b = batches(1)[0]
+    net = classifier(False, pooling="last", packed=True)
+    seen = []
+    net.rnn.register_forward_pre_hook(lambda module, args: seen.append(type(args[0]).__name__))
+    reference = classifier(False, pooling="last", packed=True)(b.ids, b.lengths)
+    torch.testing.assert_close(net(b.ids, b.lengths), reference)
+    assert seen == ["PackedSequence"]
