@@ -159,28 +159,26 @@ def iterate(data: EncodedTexts, batch_size: int, *, pin: bool = False, **order) 
     step had pushed the data and the interpreter's own state out of the CPU's caches: fetching a
     batch through `fit` cost 84 us that way, 29 by chunks (of a lesson LSTM step's 3 ms)."""
 
-    def chunks() -> Iterator[list[Batch]]:
-        # The epoch's order is built at the first batch, inside the caller's clock, as it always was.
-        rows, picks = _plan(data, batch_size, **order)
-        for chunk in _chunks(picks, batch_size):
-            yield _cut(data, rows, chunk, batch_size, pin)
-
     # chain walks each chunk's list in C: no Python frame resumes between a chunk's batches.
-    return itertools.chain.from_iterable(chunks())
+    return itertools.chain.from_iterable(cut for _, _, cut in _chunks(data, batch_size, pin, order))
 
 
 def iterate_with_rows(data: EncodedTexts, batch_size: int, *, pin: bool = False,
                       **order) -> Iterator[tuple[np.ndarray, Batch]]:
     """(row indices, batch) for each batch `iterate` gives, in its order."""
-    rows, picks = _plan(data, batch_size, **order)
-    for chunk in _chunks(picks, batch_size):
-        for j, batch in zip(chunk.tolist(), _cut(data, rows, chunk, batch_size, pin)):
+    for rows, picks, cut in _chunks(data, batch_size, pin, order):
+        for j, batch in zip(picks.tolist(), cut):
             yield rows[j * batch_size : (j + 1) * batch_size], batch
 
 
-def _chunks(picks: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+def _chunks(data: EncodedTexts, batch_size: int, pin: bool, order: dict) -> Iterator[tuple[np.ndarray, np.ndarray, list[Batch]]]:
+    """(order, the chunk's picks, its batches) per CHUNK_ROWS rows. A generator: the epoch's order is
+    built at the first batch, inside the caller's clock, as it always was."""
+    rows, picks = _plan(data, batch_size, **order)
     per_chunk = max(1, CHUNK_ROWS // batch_size)
-    return (picks[start : start + per_chunk] for start in range(0, len(picks), per_chunk))
+    for start in range(0, len(picks), per_chunk):
+        chunk = picks[start : start + per_chunk]
+        yield rows, chunk, _cut(data, rows, chunk, batch_size, pin)
 
 
 def warm_up(data: EncodedTexts) -> None:
