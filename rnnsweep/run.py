@@ -508,7 +508,8 @@ def train(settings: RootConfig, job: Job | None, out_dir: Path, *, identity: sto
                 if cfg.logger.log_model:
                     tracker.log_model(model_dir, f"model-{wandb_id or 'run'}")
             if governor:
-                record["env"]["thread_governor"] = {"windows": governor.windows, "switches": governor.switches}
+                record["env"]["thread_governor"] = {"windows": governor.windows, "switches": governor.switches,
+                                                    "held": governor.held}
             record["status"] = "completed"
             if not cfg.ledger.keep_checkpoint:
                 ckpt_path.unlink(missing_ok=True)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -11,19 +15,22 @@ from conftest import TINY
 from rnnsweep import config, run
 from rnnsweep.data.batches import Batch
 from rnnsweep.fast import threads as governor_module
-from rnnsweep.fast.threads import ThreadGovernor
+from rnnsweep.fast.threads import IdleCores, ThreadGovernor, idle_and_total_ticks
 
 
-def simulate(monkeypatch, step_seconds, batches: int = 4000) -> ThreadGovernor:
-    """Feed the governor batches whose i-th step takes `step_seconds(i, threads)` on a fake clock."""
+def simulate(monkeypatch, step_seconds, batches: int = 4000, idle=lambda i: 1.0) -> ThreadGovernor:
+    """Feed the governor batches whose i-th step takes `step_seconds(i, threads)` on a fake clock,
+    the machine leaving `idle(i)` cores idle around step i (default: one, an idle 2-core machine)."""
     clock = [0.0]
     monkeypatch.setattr(governor_module.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(governor_module, "set_threads", lambda n: n)
     before = torch.get_num_threads()
-    governor = ThreadGovernor(2)
+    step = [0]
+    governor = ThreadGovernor(2, idle_cores=lambda: idle(step[0]))
     batch = Batch(torch.zeros(16, 40, dtype=torch.long), torch.full((16,), 40), torch.zeros(16, dtype=torch.long))
     try:
         for i, _ in enumerate(governor.govern(batch for _ in range(batches))):
+            step[0] = i
             clock[0] += step_seconds(i, torch.get_num_threads())
     finally:
         torch.set_num_threads(before)
@@ -33,6 +40,46 @@ def simulate(monkeypatch, step_seconds, batches: int = 4000) -> ThreadGovernor:
 def test_beside_a_neighbour_it_settles_on_one_thread(monkeypatch):
     g = simulate(monkeypatch, lambda i, threads: {1: 0.001, 2: 0.003}[threads])  # two threads three times slower: a shared CPU
     assert g.current == 1 and g.windows[2] <= 6 and g.windows[1] > 10 * g.windows[2]
+
+
+def test_with_no_idle_core_it_never_tries_more_threads(monkeypatch):
+    """Beside a CPU-bound neighbour no try of two threads is made, not even one a lucky window would win."""
+    g = simulate(monkeypatch, lambda i, threads: {1: 0.001, 2: 0.0005}[threads], idle=lambda i: 0.1)
+    assert g.current == 1 and g.windows[2] == 0 and g.switches == 0 and g.held > 30
+
+
+def test_unknown_idle_cores_leave_the_tries_as_scheduled(monkeypatch):
+    g = simulate(monkeypatch, lambda i, threads: {1: 0.0013, 2: 0.001}[threads], idle=lambda i: None)
+    assert g.current == 2 and g.held == 0
+
+
+def test_a_core_freed_midway_is_tried_and_taken(monkeypatch):
+    g = simulate(monkeypatch, lambda i, threads: {1: 0.0013, 2: 0.001}[threads], batches=20000,
+                 idle=lambda i: 0.0 if i < 5000 else 0.9)
+    assert g.current == 2 and g.held > 0 and g.switches == 1
+
+
+def test_its_own_tries_of_more_threads_do_not_count_as_a_busy_machine(monkeypatch):
+    """During a try of two threads this process keeps every core busy itself; the reading that
+    decides the next try covers one-thread time only, so on an idle machine no try is held back."""
+    tried = {"seen": 0}
+    governor: list[ThreadGovernor] = []
+
+    def idle(i):  # a meter that sees the cores busy whenever a try ran since its last reading
+        probes = governor[0].windows[2] if governor else 0
+        busy, tried["seen"] = probes > tried["seen"], probes
+        return 0.0 if busy else 1.0
+
+    original_init = ThreadGovernor.__init__
+
+    def keep(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        governor.append(self)
+
+    monkeypatch.setattr(ThreadGovernor, "__init__", keep)
+    g = simulate(monkeypatch, lambda i, threads: {1: 0.001, 2: 0.002 if i < 3000 else 0.0005}[threads],
+                 batches=30000, idle=idle)
+    assert g.windows[2] >= 3 and g.held == 0 and g.current == 2
 
 
 def test_on_an_idle_machine_it_settles_on_all_threads(monkeypatch):
@@ -76,3 +123,36 @@ def test_no_governor_for_torchs_own_layers(compose_cfg, tmp_path, compiled):
                                             f"runtime.compiled_rnn={str(compiled).lower()}"]))
     result = run.run_job(settings, run.Job(dir=tmp_path / "j", threads=2), tmp_path / "store", raise_on_failure=True)
     assert "thread_governor" not in result.record["env"]  # there the thread count changes results
+
+
+STAT = """cpu  100 0 50 800 50 0 0 0 0 0
+cpu0 40 0 20 420 20 0 0 0 0 0
+cpu1 60 0 30 380 30 0 0 0 0 0
+intr 1 2 3
+"""
+
+
+def test_idle_ticks_are_read_per_core_and_only_for_the_cores_given():
+    assert idle_and_total_ticks(STAT, None) == (850, 1000, 2)  # idle + iowait over all eight counters
+    assert idle_and_total_ticks(STAT, {"cpu1"}) == (410, 500, 1)
+    assert idle_and_total_ticks(STAT, {"cpu7"}) is None
+    assert idle_and_total_ticks("cpu0 1 2\n", None) is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat") or not hasattr(os, "sched_getaffinity"), reason="Linux only")
+def test_idle_cores_fall_when_this_process_and_a_neighbour_keep_every_core_busy():
+    """On the real /proc/stat: with every core this process may use kept busy (by spinning
+    processes pinned to them), the reading is near zero; it is never more than the core count."""
+    cores = sorted(os.sched_getaffinity(0))
+    meter = IdleCores()
+    spinners = [subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{c}}})\nwhile True: pass"])
+                for c in cores]
+    try:
+        time.sleep(0.5)
+        meter()  # from here on every core spins
+        time.sleep(0.5)
+        busy = meter()
+    finally:
+        for s in spinners:
+            s.kill()
+    assert busy is not None and 0.0 <= busy < 0.35 * len(cores)
