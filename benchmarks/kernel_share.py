@@ -142,35 +142,48 @@ def main(argv: list[str] | None = None) -> None:
         compare(splits, args)
 
 
-def compare(splits, args: argparse.Namespace) -> None:
-    """Every variant, `args.rounds` alternating rounds, and the table."""
+KERNEL = "bare kernel (100-word table, fused Adam, batches cut beforehand)"
+FIT = "the same exact Adam through rnnsweep's fit, batches cut as it goes"
+
+
+def variant_names(vocab: int) -> list[str]:
+    return [KERNEL, "rnnsweep's model, 100-word table, dense Adam",
+            f"rnnsweep's model, {vocab:,}-word table, exact (deferred) Adam",
+            f"rnnsweep's model, {vocab:,}-word table, sparse_adam", FIT]
+
+
+def interleaved(splits, epoch_size: int, rounds: int, chunk: int, only_kernel_and_fit: bool = False,
+                announce: Callable[[int, int], None] | None = None,
+                batch_size: int = BATCH) -> tuple[int, dict[str, list[float]]]:
+    """(examples per epoch, each variant's epoch seconds over `rounds` rounds), the variants taking
+    turns every `chunk` batches; `only_kernel_and_fit`: the bare kernel and fit alone.
+    `announce(batches, examples)` is called before the first (untimed) round."""
     train = splits.train
 
     def cut():
         """The epoch's batches, the same every time (seed 0), cut as they are taken."""
         order = torch.Generator().manual_seed(0)
-        return batches.iterate(train, BATCH, shuffle=True, generator=order, bucket_pool=BUCKET_POOL,
-                               limit=args.epoch_size)
+        return batches.iterate(train, batch_size, shuffle=True, generator=order, bucket_pool=BUCKET_POOL,
+                               limit=epoch_size)
 
     ready = list(cut())
     small = [copy.copy(b) for b in ready]
     for b in small:
         b.ids = b.ids.remainder(100)
     vocab = splits.vocab_size
-    names = ["bare kernel (100-word table, fused Adam, batches cut beforehand)",
-             "rnnsweep's model, 100-word table, dense Adam",
-             f"rnnsweep's model, {vocab:,}-word table, exact (deferred) Adam",
-             f"rnnsweep's model, {vocab:,}-word table, sparse_adam",
-             "the same exact Adam through rnnsweep's fit, batches cut as it goes"]
+    names = variant_names(vocab)
     plain = dict(zip(names, [
-        lambda: bare_kernel(small, args.chunk),
-        lambda: model_epoch(small, 100, "adam", False, args.chunk),
-        lambda: model_epoch(ready, vocab, "adam", True, args.chunk),
-        lambda: model_epoch(ready, vocab, "sparse_adam", True, args.chunk),
+        lambda: bare_kernel(small, chunk),
+        lambda: model_epoch(small, 100, "adam", False, chunk),
+        lambda: model_epoch(ready, vocab, "adam", True, chunk),
+        lambda: model_epoch(ready, vocab, "sparse_adam", True, chunk),
     ]))
+    if only_kernel_and_fit:
+        plain = {KERNEL: plain[KERNEL]}
+        names = [KERNEL, FIT]
 
     def one_round(reverse: bool) -> dict[str, float]:
-        """Every variant's epoch, taking turns every `args.chunk` batches."""
+        """Every variant's epoch, taking turns every `chunk` batches."""
         turns = {name: make() for name, make in (reversed(plain.items()) if reverse else plain.items())}
         seconds = dict.fromkeys(plain, 0.0)
 
@@ -178,28 +191,39 @@ def compare(splits, args: argparse.Namespace) -> None:
             for name, turn in turns.items():
                 seconds[name] += next(turn, 0.0)
 
-        seconds[names[-1]] = fit_epoch(vocab, len(ready), cut, args.chunk, others)
+        seconds[FIT] = fit_epoch(vocab, len(ready), cut, chunk, others)
         for name, turn in turns.items():  # the chunks left after fit's last turn, and the flushes
             seconds[name] += sum(turn)
         return seconds
 
-    print(f"lesson LSTM, {len(ready)} batches of {BATCH} ({sum(len(b) for b in ready):,} examples), "
-          f"{args.threads} thread(s), {args.rounds} rounds, variants taking turns every {args.chunk} batches\n",
-          flush=True)
+    examples = sum(len(b) for b in ready)
+    if announce:
+        announce(len(ready), examples)
     one_round(False)  # compiles or loads every loop before the clock
     seconds: dict[str, list[float]] = {name: [] for name in names}
-    for k in range(args.rounds):
+    for k in range(rounds):
         for name, spent in one_round(reverse=k % 2 == 1).items():
             seconds[name].append(spent)
-    kernel = seconds[names[0]]
+    return examples, seconds
+
+
+def share(seconds: dict[str, list[float]], name: str) -> float:
+    """`name`'s share of the bare kernel: the median over rounds of the kernel's epoch time over its own."""
+    return statistics.median(k / s for k, s in zip(seconds[KERNEL], seconds[name]))
+
+
+def compare(splits, args: argparse.Namespace) -> None:
+    """Every variant, `args.rounds` alternating rounds, and the table."""
+    def announce(count: int, examples: int) -> None:
+        print(f"lesson LSTM, {count} batches of {BATCH} ({examples:,} examples), {args.threads} thread(s), "
+              f"{args.rounds} rounds, variants taking turns every {args.chunk} batches\n", flush=True)
+
+    examples, seconds = interleaved(splits, args.epoch_size, args.rounds, args.chunk, announce=announce)
     print("| variant | epoch (median) | ex/s | share of the bare kernel (median of rounds) |")
     print("|---|---|---|---|")
-    examples = sum(len(b) for b in ready)
-    for name in names:
-        runs = seconds[name]
-        share = statistics.median(k / s for k, s in zip(kernel, runs))
+    for name, runs in seconds.items():
         print(f"| {name} | {statistics.median(runs) * 1e3:,.0f} ms | {examples / statistics.median(runs):,.0f} | "
-              f"{share:.1%} |")
+              f"{share(seconds, name):.1%} |")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import agnews_like  # noqa: E402
+import kernel_share  # noqa: E402
 import lesson_reference as ref  # noqa: E402
 
 from hydra import compose, initialize_config_dir  # noqa: E402
@@ -91,16 +92,21 @@ def reference_run(name: str, train, test, vocab, epoch_size: int, device: str = 
     return {"ex_s": count / seconds, "acc": ref.accuracy(net, test_loader, use_lengths, device), "examples": count}
 
 
+def encoded_splits(data: Path, work: Path):
+    """The encoded splits of `data` as rnnsweep's runs here read them (same cache)."""
+    from rnnsweep.data import SplitOptions, TokenizerOptions, prepare
+    from rnnsweep.data.sources import AgNews
+
+    source = AgNews(root=data, download=False, urls={}, md5=agnews_like.canonical_md5(), clean=True, drop_empty=True)
+    return prepare(source, SplitOptions(val_fraction=0.05, seed=1234), TokenizerOptions(), work / "cache")
+
+
 def bare_kernel(data: Path, work: Path, epoch_size: int, bucket: bool, device: str = "cpu",
                 batch_size: int = 16, compiled: bool = False) -> float:
     """The LSTM layer + head, forward + backward + fused Adam step, on ready batches of the shapes
     rnnsweep trains on, with a 100-word vocabulary: the ceiling for any input pipeline. The layer
     is torch's, or with `compiled` (on the CPU) rnnsweep's compiled one."""
-    from rnnsweep.data import SplitOptions, TokenizerOptions, prepare
-    from rnnsweep.data.sources import AgNews
-
-    source = AgNews(root=data, download=False, urls={}, md5=agnews_like.canonical_md5(), clean=True, drop_empty=True)
-    splits = prepare(source, SplitOptions(val_fraction=0.05, seed=1234), TokenizerOptions(), work / "cache")
+    splits = encoded_splits(data, work)
     g = torch.Generator().manual_seed(0)
     ready = [batches.collate(splits.train, rows) for rows in batches.batch_rows(
         splits.train, batch_size, shuffle=True, generator=g, bucket_pool=50 if bucket else None, limit=epoch_size)]
@@ -286,6 +292,16 @@ def compare(args: argparse.Namespace, work: Path, device: str) -> None:
                   f"sparse_adam (best against best; each repeat against its own kernel run, median: "
                   f"{statistics.median(f for f, _ in paired):.0%} and {statistics.median(sp for _, sp in paired):.0%})",
                   flush=True)
+        if device == "cpu":
+            # Whole runs meet whatever load the machine has at the time, and on a shared machine
+            # that moves by more than the few percent in question between two runs: the same
+            # share, measured with the two taking turns every 25 batches in one process.
+            rounds = max(args.repeats, 3)
+            _, seconds = kernel_share.interleaved(encoded_splits(data, work), n, rounds, 25,
+                                                  only_kernel_and_fit=True, batch_size=args.batch_size)
+            print(f"- the same share, interleaved (the compiled kernel and exact Adam through rnnsweep's fit "
+                  f"taking turns every 25 batches in one process, as `make bench-share`; median of {rounds} "
+                  f"rounds): {kernel_share.share(seconds, kernel_share.FIT):.0%}", flush=True)
     if args.no_levers or "lstm" not in args.models.split(","):
         return
     print("\nLever by lever (LSTM, seed settings, seed 0; each row: the levers-off rnnsweep run plus one lever):\n")
