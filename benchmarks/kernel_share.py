@@ -7,7 +7,8 @@
 
 `make bench` compares whole runs, each in a fresh configuration, and on a shared machine the
 load moves between them by more than the few percent in question: within a second, this
-machine's speed for the same work can change by half. Here every variant trains the same
+machine's speed for the same work can change by half (`make bench` therefore also prints the
+bare kernel and fit's share measured as here, the other variants left out). Here every variant trains the same
 12,000-example epoch of the lesson's LSTM (embed 64, hidden 32, batch 16, Adam lr 1e-3, the same
 length-bucketed batches) in one process, and the variants take turns every `--chunk` batches
 (a few dozen milliseconds each), so that each meets the same load; each variant's share of the

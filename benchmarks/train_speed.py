@@ -296,12 +296,13 @@ def compare(args: argparse.Namespace, work: Path, device: str) -> None:
             # Whole runs meet whatever load the machine has at the time, and on a shared machine
             # that moves by more than the few percent in question between two runs: the same
             # share, measured with the two taking turns every 25 batches in one process.
-            rounds = max(args.repeats, 3)
-            _, seconds = kernel_share.interleaved(encoded_splits(data, work), n, rounds, 25,
+            rounds, examples = max(args.repeats, 3), min(n, 12_000)  # per-step costs: an epoch's start is enough
+            _, seconds = kernel_share.interleaved(encoded_splits(data, work), examples, rounds, 25,
                                                   only_kernel_and_fit=True, batch_size=args.batch_size)
             print(f"- the same share, interleaved (the compiled kernel and exact Adam through rnnsweep's fit "
-                  f"taking turns every 25 batches in one process, as `make bench-share`; median of {rounds} "
-                  f"rounds): {kernel_share.share(seconds, kernel_share.FIT):.0%}", flush=True)
+                  f"taking turns every 25 batches in one process, as `make bench-share` does; {examples:,} "
+                  f"examples, {args.threads} threads, median of {rounds} rounds): "
+                  f"{kernel_share.share(seconds, kernel_share.FIT):.0%}", flush=True)
     if args.no_levers or "lstm" not in args.models.split(","):
         return
     print("\nLever by lever (LSTM, seed settings, seed 0; each row: the levers-off rnnsweep run plus one lever):\n")

@@ -44,8 +44,11 @@ def test_beside_a_neighbour_it_settles_on_one_thread(monkeypatch):
 
 def test_with_no_idle_core_it_never_tries_more_threads(monkeypatch):
     """Beside a CPU-bound neighbour no try of two threads is made, not even one a lucky window would win."""
-    g = simulate(monkeypatch, lambda i, threads: {1: 0.001, 2: 0.0005}[threads], idle=lambda i: 0.1)
-    assert g.current == 1 and g.windows[2] == 0 and g.switches == 0 and g.held > 30
+    readings = []
+    g = simulate(monkeypatch, lambda i, threads: {1: 0.001, 2: 0.0005}[threads], idle=lambda i: readings.append(i) or 0.1)
+    assert g.current == 1 and g.windows[2] == 0 and g.switches == 0 and g.held == len(readings) >= 4
+    # held tries back off to one reading every HELD_LONGEST windows (/proc/stat costs on a big host)
+    assert len(readings) <= g.windows[1] // governor_module.HELD_LONGEST + 4
 
 
 def test_unknown_idle_cores_leave_the_tries_as_scheduled(monkeypatch):
@@ -126,33 +129,83 @@ def test_no_governor_for_torchs_own_layers(compose_cfg, tmp_path, compiled):
 
 
 STAT = """cpu  100 0 50 800 50 0 0 0 0 0
-cpu0 40 0 20 420 20 0 0 0 0 0
+cpu0 40 0 20 420 20 0 0 5 7 3
 cpu1 60 0 30 380 30 0 0 0 0 0
 intr 1 2 3
 """
 
 
 def test_idle_ticks_are_read_per_core_and_only_for_the_cores_given():
-    assert idle_and_total_ticks(STAT, None) == (850, 1000, 2)  # idle + iowait over all eight counters
+    # idle + iowait over user..steal; guest and guest_nice are already inside user and nice
+    assert idle_and_total_ticks(STAT, None) == (850, 1005, 2)
     assert idle_and_total_ticks(STAT, {"cpu1"}) == (410, 500, 1)
     assert idle_and_total_ticks(STAT, {"cpu7"}) is None
     assert idle_and_total_ticks("cpu0 1 2\n", None) is None
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/stat") or not hasattr(os, "sched_getaffinity"), reason="Linux only")
-def test_idle_cores_fall_when_this_process_and_a_neighbour_keep_every_core_busy():
-    """On the real /proc/stat: with every core this process may use kept busy (by spinning
-    processes pinned to them), the reading is near zero; it is never more than the core count."""
-    cores = sorted(os.sched_getaffinity(0))
-    meter = IdleCores()
-    spinners = [subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{c}}})\nwhile True: pass"])
-                for c in cores]
+def _stat(path, *cores: tuple[int, int]) -> None:
+    """A /proc/stat whose per-core lines have `busy` user ticks and `idle` idle ticks each."""
+    path.write_text("cpu  0 0 0 0 0 0 0 0 0 0\n" + "".join(
+        f"cpu{i} {busy} 0 0 {idle} 0 0 0 0 0 0\n" for i, (busy, idle) in enumerate(cores)))
+
+
+def test_idle_cores_are_counted_in_cores_between_two_readings(tmp_path):
+    stat = tmp_path / "stat"
+    _stat(stat, (0, 0), (0, 0))
+    meter = IdleCores(str(stat), affinity={0, 1})
+    _stat(stat, (100, 0), (50, 50))  # one core busy, the other half idle
+    assert meter() == pytest.approx(0.5)
+    _stat(stat, (200, 0), (50, 150))  # since the last reading: one core busy, the other idle
+    assert meter() == pytest.approx(1.0)
+    assert meter() is None  # no tick since
+    _stat(stat, (300, 0), (250, 150), (0, 100))  # a core more, not this process's: not counted
+    assert meter() == pytest.approx(0.0)
+
+
+def test_idle_cores_read_only_this_processs_cores_or_all_where_the_file_numbers_its_own(tmp_path):
+    stat = tmp_path / "stat"
+    _stat(stat, (0, 0), (0, 0))
+    mine, renumbered = IdleCores(str(stat), affinity={1}), IdleCores(str(stat), affinity={4, 5})
+    _stat(stat, (100, 0), (0, 100))
+    assert mine() == pytest.approx(1.0)  # cpu1 alone, idle
+    assert renumbered() == pytest.approx(1.0)  # cpu4 and cpu5 not listed (lxcfs): both lines, one core idle
+    _stat(stat, (200, 0), (0, 200), (0, 100))  # a core more (hot-plugged): no reading across the change
+    assert renumbered() is None
+    _stat(stat, (300, 0), (0, 300), (0, 200))
+    assert renumbered() == pytest.approx(2.0)
+    missing = IdleCores(str(tmp_path / "absent"))
+    assert missing() is None
+
+
+def _cpu_quota() -> float | None:
+    """Cores' worth of CPU time cgroup v2 grants this process, or None (no quota, or unknown)."""
     try:
-        time.sleep(0.5)
-        meter()  # from here on every core spins
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat") or not hasattr(os, "sched_getaffinity"), reason="Linux only")
+def test_idle_cores_fall_when_spinning_processes_keep_every_core_busy():
+    """On the real /proc/stat: with every core this process may use kept busy by a spinning
+    process pinned to it, the reading is near zero."""
+    cores = sorted(os.sched_getaffinity(0))
+    quota = _cpu_quota()
+    if quota is not None and quota < len(cores):
+        pytest.skip(f"a CPU quota of {quota:g} cores leaves part of the {len(cores)} cores idle whatever spins")
+    spin = "import os, sys\nos.sched_setaffinity(0, {%d})\nprint('pinned', flush=True)\nwhile True: pass"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin % c], stdout=subprocess.PIPE, text=True) for c in cores]
+    try:
+        for s in spinners:
+            assert s.stdout.readline().strip() == "pinned"
+        time.sleep(0.2)
+        meter = IdleCores()  # from here on every core spins
         time.sleep(0.5)
         busy = meter()
     finally:
         for s in spinners:
             s.kill()
+            s.wait()
+            s.stdout.close()
     assert busy is not None and 0.0 <= busy < 0.35 * len(cores)

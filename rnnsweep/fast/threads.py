@@ -9,9 +9,10 @@ windows, tries the other setting for a short window now and then (less often eac
 loses, at once again after a switch), and keeps the faster. From one thread it tries more only
 when the machine left enough of its cores idle since the last decision (read from /proc/stat
 where there is one): beside a CPU-bound neighbour every try of more threads would lose, and a
-lost try, or a switch won on a lucky window, costs far more than the window it lasts. The
-compiled layers compute every
-sequence on one thread whatever the count (tested bit for bit), so switching changes no number;
+lost try, or a switch won on a lucky window, costs far more than the window it lasts. (A CPU
+quota is not read: under one the idle cores may be ones the process cannot use, and the tries
+decide, as without the reading.) The compiled layers compute every sequence on one thread
+whatever the count (tested bit for bit), so switching changes no number;
 with torch's own layers the count can change results, and the governor is not used.
 """
 
@@ -33,6 +34,7 @@ MARGIN = 1.05  # the other setting must be this much faster to take over
 # From one thread, `most` threads are tried only if this share of the `most - 1` extra cores they
 # need sat idle since the last decision: beside a busy core they straggle at every region's end.
 IDLE_SHARE = 0.5
+HELD_LONGEST = 8  # windows between readings while tries are held (a big host's /proc/stat is long)
 
 
 def idle_and_total_ticks(stat: str, cpus: set[str] | None) -> tuple[int, int, int] | None:
@@ -51,15 +53,30 @@ def idle_and_total_ticks(stat: str, cpus: set[str] | None) -> tuple[int, int, in
     return (idle, total, cores) if cores else None
 
 
+def _per_core_names(stat: str) -> set[str]:
+    return {name for name, _, _ in (line.partition(" ") for line in stat.splitlines())
+            if name.startswith("cpu") and name[3:].isdigit()}
+
+
 class IdleCores:
     """How many of the cores this process may run on sat idle between one call and the one before
     (the first call: since construction), averaged; None where that cannot be read."""
 
-    def __init__(self, path: str = "/proc/stat"):
+    def __init__(self, path: str = "/proc/stat", affinity: set[int] | None = None):
         self.path = path
         try:
-            self.cpus: set[str] | None = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+            cores = affinity if affinity is not None else os.sched_getaffinity(0)
+            self.cpus: set[str] | None = {f"cpu{i}" for i in cores}
         except (AttributeError, OSError):  # no affinity outside Linux: every core
+            self.cpus = None
+        try:
+            with open(path) as f:
+                listed = _per_core_names(f.read())
+        except OSError:
+            listed = set()
+        if self.cpus is not None and not self.cpus <= listed:
+            # A container's /proc/stat (lxcfs) numbers its own cores from 0, whatever the host
+            # calls them: the file lists those cores alone, so all of its lines are ours.
             self.cpus = None
         self.last = self._read()
 
@@ -125,6 +142,7 @@ class ThreadGovernor:
             idle = self.idle_cores()
             if idle is not None and idle < IDLE_SHARE * (self.most - 1):
                 self.held += 1  # the cores `most` would need are busy: look again an interval later
+                self.interval = max(self.interval, min(2 * self.interval, HELD_LONGEST))
                 self.until_probe = self.interval
                 return
         self.probing = True
