@@ -10,7 +10,11 @@ stopped by this script:
 - cpu-bound: one `while True: pass` process;
 - training: a second rnnsweep run training the same model (its default thread count).
 
-    python benchmarks/contention.py [--repeats 3] [--rows 20000]
+The last column sums, over the default's runs, the thread governor's record (`env.thread_governor`):
+its measuring windows on all threads (tries and time after a switch) out of all, its switches,
+and the tries of all threads it held back because the cores they need were busy.
+
+    python benchmarks/contention.py [--repeats 3] [--rows 20000] [--neighbours idle,cpu-bound,training]
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ RUN = [sys.executable, "-m", "rnnsweep", "experiment=seed_notebook", "lesson=lst
        "runtime.progress=off", "runtime.device=cpu"]
 
 
-def train(work: Path, rows: int, threads: int, tag: str) -> float:
-    """examples/s of one fresh run."""
+KINDS = ("idle", "cpu-bound", "training")
+
+
+def train(work: Path, rows: int, threads: int, tag: str) -> tuple[float, dict]:
+    """(examples/s, what the thread governor did: {} without one) of one fresh run."""
     out = Path(tempfile.mkdtemp(dir=work, prefix=f"{tag}-"))
     res = subprocess.run([*RUN, f"data.train_size={rows}", f"runtime.threads={threads}", f"ledger.store={out / 'store'}",
                           f"hydra.run.dir={out / 'run'}"], capture_output=True, text=True,
@@ -39,7 +46,7 @@ def train(work: Path, rows: int, threads: int, tag: str) -> float:
     if res.returncode != 0:
         sys.exit(f"the run failed:\n{res.stderr[-2000:]}")
     record = json.loads((out / "run" / "metrics.json").read_text())
-    return record["metrics"]["train/examples_per_s"]
+    return record["metrics"]["train/examples_per_s"], record["env"].get("thread_governor") or {}
 
 
 def neighbour(kind: str, work: Path, rows: int) -> subprocess.Popen | None:
@@ -61,31 +68,43 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3, help="alternating pairs per condition (default 3)")
     p.add_argument("--rows", type=int, default=20000, help="training rows of the generated data (default 20000)")
+    p.add_argument("--neighbours", default=",".join(KINDS),
+                   help=f"comma-separated subset of {','.join(KINDS)} (default: all three)")
     args = p.parse_args()
     if args.repeats < 1 or args.rows < 100:
         p.error("--repeats must be at least 1 and --rows at least 100")
+    kinds = args.neighbours.split(",")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        p.error(f"--neighbours: unknown {', '.join(map(repr, unknown))} (choose from: {','.join(KINDS)})")
     work = Path(tempfile.mkdtemp(prefix="rnnsweep-bench-contention-"))
     train(work, args.rows, 1, "warm")  # builds the data cache and numba's, outside the timings
     print(f"Lesson LSTM, one epoch of {args.rows:,} generated texts, {os.cpu_count()} cores; median of "
           f"{args.repeats} alternating pairs, each run its own process and store.\n")
-    print("| neighbour | default (threads=0) ex/s | 1 thread ex/s | default / 1 thread |")
-    print("|---|---|---|---|")
-    for kind in ("idle", "cpu-bound", "training"):
+    print("| neighbour | default (threads=0) ex/s | 1 thread ex/s | default / 1 thread | default's windows "
+          "on all threads: tried / all (switches, tries held) |")
+    print("|---|---|---|---|---|")
+    for kind in kinds:
         proc = neighbour(kind, work, args.rows)
-        default, single, ratios = [], [], []
+        default, single, ratios, governed = [], [], [], []
         try:
             for r in range(args.repeats):
                 order = (0, 1) if r % 2 == 0 else (1, 0)
                 got = {threads: train(work, args.rows, threads, f"{kind}-{threads}") for threads in order}
-                default.append(got[0])
-                single.append(got[1])
-                ratios.append(got[0] / got[1])
+                default.append(got[0][0])
+                single.append(got[1][0])
+                ratios.append(got[0][0] / got[1][0])
+                governed.append(got[0][1])
         finally:
             if proc is not None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        windows = [sum(g.get("windows", {}).values()) for g in governed]
+        most = [sum(n for t, n in g.get("windows", {}).items() if t != "1") for g in governed]
         print(f"| {kind} | {statistics.median(default):,.0f} | {statistics.median(single):,.0f} | "
-              f"{statistics.median(ratios):.2f}x |", flush=True)
+              f"{statistics.median(ratios):.2f}x | {sum(most)} / {sum(windows)} "
+              f"({sum(g.get('switches', 0) for g in governed)}, {sum(g.get('held', 0) for g in governed)}) |",
+              flush=True)
 
 
 if __name__ == "__main__":
