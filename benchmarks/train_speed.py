@@ -157,14 +157,14 @@ def layer_times(steps: int = 50, repeats: int = 200) -> None:
         if cpu_rnn.applies(x, rnn):
             runs["rnnsweep"] = lambda: cpu_rnn.layer(rnn, x, *weights)
         ms = {}
-        for name, run in runs.items():
+        for name, call in runs.items():
             for _ in range(5):
-                run().backward(grad)
+                call().backward(grad)
             best = float("inf")
             for _ in range(2):
                 started = time.perf_counter()
                 for _ in range(repeats):
-                    run().backward(grad)
+                    call().backward(grad)
                 best = min(best, (time.perf_counter() - started) / repeats * 1e3)
             ms[name] = best
         if "rnnsweep" in ms:
