@@ -301,7 +301,7 @@ def compare(args: argparse.Namespace, work: Path, device: str) -> None:
                                                   only_kernel_and_fit=True, batch_size=args.batch_size)
             print(f"- the same share, interleaved (the compiled kernel and exact Adam through rnnsweep's fit "
                   f"taking turns every 25 batches in one process, as `make bench-share` does; {examples:,} "
-                  f"examples, {args.threads} threads, median of {rounds} rounds): "
+                  f"examples, {args.threads} thread(s), median of {rounds} rounds): "
                   f"{kernel_share.share(seconds, kernel_share.FIT):.0%}", flush=True)
     if args.no_levers or "lstm" not in args.models.split(","):
         return

@@ -63,6 +63,9 @@ def test_train_speed_benchmark_runs_end_to_end_on_small_data(tmp_path):
     assert "seed 0:" in res.stdout and "seed 1:" in res.stdout
     assert re.search(r"^cpu: .+, \d+ cores, torch .+ \(kernels: \w+\)$", res.stdout, re.M)
     assert "rnnsweep's compiled LSTM:" in res.stdout and "torch's LSTM (oneDNN):" in res.stdout
+    interleaved = re.search(r"^- the same share, interleaved \(.*; 160 examples, 1 thread\(s\), median of 3 rounds\): "
+                            r"(\d+)%$", res.stdout, re.M)
+    assert interleaved and int(interleaved.group(1)) > 0
 
 
 def test_train_speed_refuses_an_unknown_model_before_generating_anything(tmp_path):
@@ -71,6 +74,13 @@ def test_train_speed_refuses_an_unknown_model_before_generating_anything(tmp_pat
     assert res.returncode == 2
     assert "--models: unknown 'transformer' (choose from: rnn,lstm,gru,packed_lstm)" in res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_contention_refuses_an_unknown_neighbour_before_starting_anything(tmp_path):
+    res = subprocess.run([sys.executable, str(BENCH / "contention.py"), "--neighbours", "idle,browser"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 2
+    assert "--neighbours: unknown 'browser' (choose from: idle,cpu-bound,training)" in res.stderr
 
 
 @pytest.mark.slow
