@@ -37,25 +37,28 @@ IDLE_SHARE = 0.5
 HELD_LONGEST = 8  # windows between readings while tries are held (a big host's /proc/stat is long)
 
 
+def _per_core_lines(stat: str) -> Iterator[tuple[str, str]]:
+    """(name, counters) of each of /proc/stat's per-core lines (cpu0, cpu1, ..., not the total)."""
+    for line in stat.splitlines():
+        name, _, counters = line.partition(" ")
+        if name.startswith("cpu") and name[3:].isdigit():
+            yield name, counters
+
+
 def idle_and_total_ticks(stat: str, cpus: set[str] | None) -> tuple[int, int, int] | None:
     """(idle ticks, all ticks, cores counted) summed over /proc/stat's per-core lines named in
     `cpus` (all of them if None). Idle counts idle and iowait; all counts user, nice, system,
-    idle, iowait, irq, softirq and steal (a core the hypervisor takes is not idle)."""
+    idle, iowait, irq, softirq and steal (a core the hypervisor takes is not idle; guest time is
+    already in user and nice)."""
     idle = total = cores = 0
-    for line in stat.splitlines():
-        name, _, rest = line.partition(" ")
-        if not (name.startswith("cpu") and name[3:].isdigit()) or (cpus is not None and name not in cpus):
+    for name, counters in _per_core_lines(stat):
+        if cpus is not None and name not in cpus:
             continue
-        ticks = [int(t) for t in rest.split()[:8]]
+        ticks = [int(t) for t in counters.split()[:8]]
         if len(ticks) < 5:
             return None
         idle, total, cores = idle + ticks[3] + ticks[4], total + sum(ticks), cores + 1
     return (idle, total, cores) if cores else None
-
-
-def _per_core_names(stat: str) -> set[str]:
-    return {name for name, _, _ in (line.partition(" ") for line in stat.splitlines())
-            if name.startswith("cpu") and name[3:].isdigit()}
 
 
 class IdleCores:
@@ -69,26 +72,28 @@ class IdleCores:
             self.cpus: set[str] | None = {f"cpu{i}" for i in cores}
         except (AttributeError, OSError):  # no affinity outside Linux: every core
             self.cpus = None
-        try:
-            with open(path) as f:
-                listed = _per_core_names(f.read())
-        except OSError:
-            listed = set()
-        if self.cpus is not None and not self.cpus <= listed:
+        stat = self._text()
+        if self.cpus is not None and stat is not None and not self.cpus <= {n for n, _ in _per_core_lines(stat)}:
             # A container's /proc/stat (lxcfs) numbers its own cores from 0, whatever the host
             # calls them: the file lists those cores alone, so all of its lines are ours.
             self.cpus = None
-        self.last = self._read()
+        self.last = self._ticks(stat)
 
-    def _read(self) -> tuple[int, int, int] | None:
+    def _text(self) -> str | None:
         try:
             with open(self.path) as f:
-                return idle_and_total_ticks(f.read(), self.cpus)
-        except (OSError, ValueError):
+                return f.read()
+        except OSError:
+            return None
+
+    def _ticks(self, stat: str | None) -> tuple[int, int, int] | None:
+        try:
+            return idle_and_total_ticks(stat, self.cpus) if stat is not None else None
+        except ValueError:
             return None
 
     def __call__(self) -> float | None:
-        now, last = self._read(), self.last
+        now, last = self._ticks(self._text()), self.last
         self.last = now
         if now is None or last is None or now[1] <= last[1] or now[2] != last[2]:
             return None  # unreadable, no tick since, or the cores changed
