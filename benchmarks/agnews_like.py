@@ -122,3 +122,13 @@ def canonical_md5() -> dict[str, str]:
 
     data = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "ag_news.yaml")
     return {"train": data.train_md5, "test": data.test_md5}
+
+
+def encoded(data: Path, cache: Path):
+    """The encoded splits of AG News-format `data` as rnnsweep's runs read them (val 5%, split
+    seed 1234, the default tokenizer), built in or loaded from `cache`."""
+    from rnnsweep.data import SplitOptions, TokenizerOptions, prepare
+    from rnnsweep.data.sources import AgNews
+
+    source = AgNews(root=data, download=False, urls={}, md5=canonical_md5(), clean=True, drop_empty=True)
+    return prepare(source, SplitOptions(val_fraction=0.05, seed=1234), TokenizerOptions(), cache)

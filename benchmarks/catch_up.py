@@ -32,16 +32,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import agnews_like  # noqa: E402
 
-from rnnsweep.data import SplitOptions, TokenizerOptions, batches, prepare  # noqa: E402
-from rnnsweep.data.sources import AgNews  # noqa: E402
+from rnnsweep.data import batches  # noqa: E402
 from rnnsweep.fast import cpu_rnn, make_optimizer, row_adam, warm_up  # noqa: E402
 from rnnsweep.model import TextClassifier  # noqa: E402
 
 
 def record(data: Path, cache: Path, warm_steps: int, steps: int) -> tuple[dict, list]:
     """The optimizer's state after `warm_steps` steps, and the next `steps` steps' (ids, rows, grads)."""
-    source = AgNews(root=data, download=False, urls={}, md5=agnews_like.canonical_md5(), clean=True, drop_empty=True)
-    splits = prepare(source, SplitOptions(val_fraction=0.05, seed=1234), TokenizerOptions(), cache)
+    splits = agnews_like.encoded(data, cache)
     g = torch.Generator().manual_seed(0)
     ready = [batches.collate(splits.train, rows) for rows in batches.batch_rows(
         splits.train, 16, shuffle=True, generator=g, bucket_pool=50, limit=16 * (warm_steps + steps))]

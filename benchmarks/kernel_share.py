@@ -43,8 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import agnews_like  # noqa: E402
 
 from rnnsweep import loop  # noqa: E402
-from rnnsweep.data import SplitOptions, TokenizerOptions, batches, prepare  # noqa: E402
-from rnnsweep.data.sources import AgNews  # noqa: E402
+from rnnsweep.data import batches  # noqa: E402
 from rnnsweep.fast import cpu_rnn, make_optimizer, pending_work, warm_up  # noqa: E402
 from rnnsweep.model import TextClassifier  # noqa: E402
 
@@ -137,10 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="rnnsweep-bench-share-") as tmp:
         work = Path(tmp)
         data = args.data or agnews_like.write(work / "data")
-        source = AgNews(root=data, download=False, urls={}, md5=agnews_like.canonical_md5(), clean=True,
-                        drop_empty=True)
-        splits = prepare(source, SplitOptions(val_fraction=0.05, seed=1234), TokenizerOptions(), work / "cache")
-        compare(splits, args)
+        compare(agnews_like.encoded(data, work / "cache"), args)
 
 
 KERNEL = "bare kernel (100-word table, fused Adam, batches cut beforehand)"

@@ -92,21 +92,12 @@ def reference_run(name: str, train, test, vocab, epoch_size: int, device: str = 
     return {"ex_s": count / seconds, "acc": ref.accuracy(net, test_loader, use_lengths, device), "examples": count}
 
 
-def encoded_splits(data: Path, work: Path):
-    """The encoded splits of `data` as rnnsweep's runs here read them (same cache)."""
-    from rnnsweep.data import SplitOptions, TokenizerOptions, prepare
-    from rnnsweep.data.sources import AgNews
-
-    source = AgNews(root=data, download=False, urls={}, md5=agnews_like.canonical_md5(), clean=True, drop_empty=True)
-    return prepare(source, SplitOptions(val_fraction=0.05, seed=1234), TokenizerOptions(), work / "cache")
-
-
 def bare_kernel(data: Path, work: Path, epoch_size: int, bucket: bool, device: str = "cpu",
                 batch_size: int = 16, compiled: bool = False) -> float:
     """The LSTM layer + head, forward + backward + fused Adam step, on ready batches of the shapes
     rnnsweep trains on, with a 100-word vocabulary: the ceiling for any input pipeline. The layer
     is torch's, or with `compiled` (on the CPU) rnnsweep's compiled one."""
-    splits = encoded_splits(data, work)
+    splits = agnews_like.encoded(data, work / "cache")
     g = torch.Generator().manual_seed(0)
     ready = [batches.collate(splits.train, rows) for rows in batches.batch_rows(
         splits.train, batch_size, shuffle=True, generator=g, bucket_pool=50 if bucket else None, limit=epoch_size)]
@@ -297,7 +288,7 @@ def compare(args: argparse.Namespace, work: Path, device: str) -> None:
             # that moves by more than the few percent in question between two runs: the same
             # share, measured with the two taking turns every 25 batches in one process.
             rounds, examples = max(args.repeats, 3), min(n, 12_000)  # per-step costs: an epoch's start is enough
-            _, seconds = kernel_share.interleaved(encoded_splits(data, work), examples, rounds, 25,
+            _, seconds = kernel_share.interleaved(agnews_like.encoded(data, work / "cache"), examples, rounds, 25,
                                                   only_kernel_and_fit=True, batch_size=args.batch_size)
             print(f"- the same share, interleaved (the compiled kernel and exact Adam through rnnsweep's fit "
                   f"taking turns every 25 batches in one process, as `make bench-share` does; {examples:,} "
